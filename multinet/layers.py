@@ -1,0 +1,145 @@
+"""Keras building blocks that work in both data formats on every backend.
+
+Each layer here is a plain Keras layer (registered for ``.keras``
+serialization under the ``multinet`` package) written with ``keras.ops`` only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from multinet import backend
+
+_PACKAGE = "multinet"
+
+
+def standardize_data_format(data_format: str | None) -> str:
+    """``None`` means the global ``keras.config.image_data_format()``."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    value = str(data_format).lower()
+    if value not in backend.DATA_FORMATS:
+        raise ValueError(
+            f"data_format must be one of {backend.DATA_FORMATS} or None, "
+            f"got {data_format!r}"
+        )
+    return value
+
+
+def channel_axis(data_format: str) -> int:
+    return -1 if data_format == backend.CHANNELS_LAST else 1
+
+
+def to_data_format(x, source: str, target: str, name: str | None = None):
+    """Permute a 4D batch from one data format to the other (no-op if equal)."""
+    if source == target:
+        return x
+    dims = (2, 3, 1) if target == backend.CHANNELS_LAST else (3, 1, 2)
+    return keras.layers.Permute(dims, name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` that also runs channels_first where the backend
+    cannot, namely TensorFlow on a CPU (NHWC-only kernels).
+
+    There the convolution runs on the transposed batch and the result is
+    transposed back; weights (HWIO) are the same either way. Everywhere else
+    it is exactly ``keras.layers.Conv2D``.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if (
+            self.data_format == backend.CHANNELS_FIRST
+            and not backend.channels_first_conv_supported()
+        ):
+            outputs = ops.conv(
+                ops.transpose(inputs, (0, 2, 3, 1)),
+                kernel,
+                strides=list(self.strides),
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=backend.CHANNELS_LAST,
+            )
+            return ops.transpose(outputs, (0, 3, 1, 2))
+        return super().convolution_op(inputs, kernel)
+
+
+def pool_output_size(size, pool, stride, ceil_mode):
+    if size is None:
+        return None
+    if ceil_mode:
+        return math.ceil((size - pool) / stride) + 1
+    return (size - pool) // stride + 1
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaxPooling2D(keras.layers.MaxPooling2D):
+    """``keras.layers.MaxPooling2D`` with PyTorch/Caffe's ``ceil_mode``.
+
+    With ``ceil_mode=True`` and 'valid' padding, the output size is
+    ``ceil((size - pool) / stride) + 1`` instead of the floor, as in
+    ``torch.nn.MaxPool2d(ceil_mode=True)``. The extra window that ceil mode
+    adds is had by padding the bottom/right edge with -inf, which no max can
+    pick, so the result is exact for any input. Each extra window starts
+    inside the input, as PyTorch requires.
+    """
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid",
+                 data_format=None, ceil_mode=False, name=None, **kwargs):
+        super().__init__(pool_size=pool_size, strides=strides, padding=padding,
+                         data_format=data_format, name=name, **kwargs)
+        if ceil_mode and self.padding != "valid":
+            raise ValueError(
+                f"{self.name}: ceil_mode=True needs padding='valid', got {padding!r}"
+            )
+        if ceil_mode and any(p < s for p, s in zip(self.pool_size, self.strides)):
+            raise ValueError(
+                f"{self.name}: ceil_mode=True needs pool_size >= strides, got "
+                f"pool_size={self.pool_size}, strides={self.strides}"
+            )
+        self.ceil_mode = bool(ceil_mode)
+
+    def _spatial_axes(self):
+        return (1, 2) if self.data_format == backend.CHANNELS_LAST else (2, 3)
+
+    def _ceil_padding(self, shape):
+        pads = []
+        for axis, pool, stride in zip(self._spatial_axes(), self.pool_size, self.strides):
+            size = shape[axis]
+            if size is None:
+                # Unknown until run time: stride - 1 extra cells always give
+                # the ceil size, and never start a window in the padding.
+                pads.append(stride - 1)
+                continue
+            # Smallest padded size whose floor pooling gives the ceil size.
+            ceil_out = pool_output_size(size, pool, stride, True)
+            pads.append(max((ceil_out - 1) * stride + pool - size, 0))
+        return pads
+
+    def call(self, inputs):
+        if self.ceil_mode:
+            pad_h, pad_w = self._ceil_padding(inputs.shape)
+            if pad_h or pad_w:
+                widths = [[0, 0], [0, 0], [0, 0], [0, 0]]
+                axis_h, axis_w = self._spatial_axes()
+                widths[axis_h][1] = pad_h
+                widths[axis_w][1] = pad_w
+                inputs = ops.pad(inputs, widths, constant_values=float("-inf"))
+        return super().call(inputs)
+
+    def compute_output_shape(self, input_shape):
+        if not self.ceil_mode:
+            return super().compute_output_shape(input_shape)
+        shape = list(input_shape)
+        for axis, pool, stride in zip(self._spatial_axes(), self.pool_size, self.strides):
+            shape[axis] = pool_output_size(shape[axis], pool, stride, True)
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["ceil_mode"] = self.ceil_mode
+        return config

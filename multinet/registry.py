@@ -1,0 +1,192 @@
+"""The model registry: model and weights specs, ``list_models``, ``create_model``."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+    """A published weights file for one model.
+
+    ``file_hash`` is what its publisher gave: the md5 of keras.applications
+    files, the sha256 prefix that torchvision puts in its file names, or None
+    where nothing was published. ``arch_options`` are the model options the
+    file needs (``ceil_mode=False`` for the keras-squeezenet port).
+    """
+
+    name: str
+    url: str
+    file_hash: str | None
+    hash_algorithm: str | None
+    layout: str
+    preprocessing: str
+    input_size: int
+    classes: int = 1000
+    arch_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    notop_url: str | None = None
+    notop_file_hash: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "arch_options", MappingProxyType(dict(self.arch_options)))
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def notop_filename(self) -> str | None:
+        return self.notop_url.rsplit("/", 1)[-1] if self.notop_url else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one model."""
+
+    name: str
+    family: str
+    builder: Callable[..., keras.Model]
+    default_size: int
+    min_size: int
+    num_params: int
+    weights: tuple[WeightsSpec, ...] = ()
+    default_weights: str | None = None
+    description: str = ""
+
+    def get_weights(self, name: str) -> WeightsSpec:
+        """The weights entry called ``name``; ``"imagenet"`` is the default one."""
+        if name == "imagenet" and self.default_weights:
+            name = self.default_weights
+        for entry in self.weights:
+            if entry.name == name:
+                return entry
+        known = ["imagenet"] * bool(self.default_weights) + [w.name for w in self.weights]
+        raise ValueError(
+            f"{self.name}: unknown weights {name!r}; known weights entries: "
+            f"{', '.join(known) or 'none'}, or pass a file path"
+        )
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    names = [w.name for w in spec.weights]
+    if len(set(names)) != len(names) or "imagenet" in names:
+        raise ValueError(f"{spec.name}: weights entry names must be unique and not 'imagenet'")
+    if spec.default_weights is not None and spec.default_weights not in names:
+        raise ValueError(f"{spec.name}: default weights {spec.default_weights!r} is not listed")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def _ensure_models_imported():
+    import multinet.models  # noqa: F401  (registers the families)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` is a shell-style wildcard."""
+    _ensure_models_imported()
+    names = sorted(_MODELS)
+    if pattern is None:
+        return names
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _ensure_models_imported()
+    try:
+        return _MODELS[name]
+    except (KeyError, TypeError):
+        pass
+    close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown model {name!r}{hint} (multinet.list_models() lists all "
+        f"{len(_MODELS)} models)"
+    )
+
+
+def resolve_weights(spec: ModelSpec, weights) -> WeightsSpec | None:
+    """The registry entry that ``weights`` names, or None for a path, mapping or None.
+
+    A string is an entry name if it is ``"imagenet"`` or one of the model's
+    entries; a string that looks like neither an entry nor a file path (no
+    separator, no suffix, no such file) is an unknown entry name.
+    """
+    if not isinstance(weights, str):
+        return None
+    if weights == "imagenet" or weights in {w.name for w in spec.weights}:
+        return spec.get_weights(weights)
+    looks_like_path = os.sep in weights or "/" in weights or "." in weights
+    if not looks_like_path and not os.path.exists(weights):
+        return spec.get_weights(weights)  # raises, listing the known entries
+    return None
+
+
+def create_model(
+    name: str,
+    *,
+    weights=None,
+    include_top: bool = True,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes: int = 1000,
+    classifier_activation="softmax",
+    data_format: str | None = None,
+    **model_kwargs,
+) -> keras.Model:
+    """Build a registered model as a functional ``keras.Model``.
+
+    ``weights`` is None (random initialization), a path to a weights file in
+    any layout ``multinet.load_weights`` reads, or the name of one of the
+    model's weights entries (``"imagenet"`` is the default entry).
+    ``data_format=None`` follows ``keras.config.image_data_format()``; an
+    explicit value applies to this model only. ``model_kwargs`` carries family
+    options such as SqueezeNet's ``ceil_mode``.
+    """
+    spec = get_model_spec(name)
+    entry = resolve_weights(spec, weights)
+    if entry is not None:
+        for key, value in entry.arch_options.items():
+            if key in model_kwargs and model_kwargs[key] != value:
+                raise ValueError(
+                    f"{name}: weights {entry.name!r} need {key}={value!r}, "
+                    f"got {key}={model_kwargs[key]!r}"
+                )
+            model_kwargs[key] = value
+        if include_top and classes != entry.classes:
+            raise ValueError(
+                f"{name}: weights {entry.name!r} have {entry.classes} classes, "
+                f"got classes={classes}; pass include_top=False to put your own head on it"
+            )
+        if input_shape is None and input_tensor is None and include_top:
+            model_kwargs.setdefault("default_size", entry.input_size)
+    model = spec.builder(
+        include_top=include_top,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        data_format=data_format,
+        has_weights=weights is not None,
+        **model_kwargs,
+    )
+    if weights is not None:
+        from multinet.weights import apply_weights
+
+        apply_weights(model, spec, weights, entry=entry, include_top=include_top)
+    return model

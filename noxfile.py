@@ -1,0 +1,51 @@
+"""Test and benchmark sessions, one virtual environment per Keras backend.
+
+Each session installs only its own backend, which also proves that multinet
+imports no other one. torch is pinned to the CPU build on purpose: any other
+torch spec pulls a multi-GB CUDA build.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+BACKENDS = {
+    "tensorflow": ["tensorflow-cpu>=2.16"],
+    "jax": ["jax>=0.4.30"],
+    "torch": ["torch==2.13.0"],
+}
+
+
+def install_backend(session: nox.Session, backend: str, *extras: str) -> None:
+    session.install(*BACKENDS[backend])
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+def backend_env(session: nox.Session, backend: str) -> dict[str, str]:
+    keras_home = os.path.join(session.create_tmp(), "keras_home")
+    return {
+        "KERAS_BACKEND": backend,
+        "KERAS_HOME": keras_home,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONHASHSEED": "0",
+    }
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKENDS))
+def tests(session: nox.Session, backend: str) -> None:
+    """The full test suite on one backend: nox -s "tests(backend='jax')"."""
+    install_backend(session, backend, "test", "bench")
+    session.run("pytest", *session.posargs, env=backend_env(session, backend))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
