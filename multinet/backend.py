@@ -90,3 +90,174 @@ def preferred_compute_format() -> str:
     if backend == "tensorflow" and gpu_devices():
         return CHANNELS_FIRST
     return CHANNELS_LAST
+
+
+# --- Benchmarking and fast inference support (used by multinet.benchmark) ---
+
+
+def num_threads() -> int | None:
+    """CPU threads the backend's kernels use (None where it does not say)."""
+    backend = name()
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.threading.get_intra_op_parallelism_threads() or None
+    return None
+
+
+def to_device(array):
+    """A backend tensor on the default device (the GPU where there is one)."""
+    return keras.ops.convert_to_tensor(array)
+
+
+def block_until_ready(value):
+    """Wait until asynchronously dispatched work that produces ``value`` is done."""
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        return jax.block_until_ready(value)
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return value
+    if backend == "tensorflow" and gpu_devices():
+        return keras.ops.convert_to_numpy(value)
+    return value
+
+
+def reset_peak_device_memory() -> None:
+    """Reset the accelerator's peak-memory counter where the backend allows it."""
+    if not gpu_devices():
+        return
+    backend = name()
+    if backend == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats("GPU:0")
+
+
+def peak_device_memory() -> int | None:
+    """Peak bytes allocated on the first accelerator (None on CPU).
+
+    torch: ``torch.cuda.max_memory_allocated``; tensorflow:
+    ``get_memory_info("GPU:0")["peak"]``; jax: ``memory_stats()
+    ["peak_bytes_in_use"]`` (process-wide, JAX cannot reset it).
+    """
+    if not gpu_devices():
+        return None
+    backend = name()
+    if backend == "torch":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    if backend == "jax":
+        import jax
+
+        device = next(d for d in jax.devices() if d.platform != "cpu")
+        stats = device.memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        return None if peak is None else int(peak)
+    return None
+
+
+def compile_inference(model: keras.Model):
+    """A fast inference function for ``model``: ``forward(x) -> y``.
+
+    Same outputs as ``model(x, training=False)``, without ``predict``'s
+    per-call data handling:
+
+    - jax: ``jax.jit`` of ``model.stateless_call``, reading the current
+      variable values at each call (so weight updates are seen);
+    - torch: ``model(x, training=False)`` under ``torch.inference_mode()``;
+    - tensorflow: ``tf.function`` of ``model(x, training=False)``.
+
+    ``x`` is a NumPy array or a backend tensor; ``y`` is a backend tensor
+    (``keras.ops.convert_to_numpy`` makes it a NumPy array).
+    """
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        def stateless(trainable, non_trainable, x):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            return outputs
+
+        jitted = jax.jit(stateless)
+
+        def forward(x):
+            return jitted([v.value for v in model.trainable_variables],
+                          [v.value for v in model.non_trainable_variables], x)
+
+        return forward
+    if backend == "torch":
+        import torch
+
+        def forward(x):
+            with torch.inference_mode():
+                return model(keras.ops.convert_to_tensor(x), training=False)
+
+        return forward
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        function = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+        def forward(x):
+            return function(keras.ops.convert_to_tensor(x))
+
+        return forward
+
+    def forward(x):
+        return model(x, training=False)
+
+    return forward
+
+
+def bias_add(x, bias, data_format: str):
+    """Add a per-channel bias to a 4D batch in ``data_format``.
+
+    Keras' TensorFlow ``ops.add`` turns a bias-shaped operand into
+    ``tf.nn.bias_add`` and guesses NHWC whenever the last axis has the bias'
+    length, so a channels_first batch whose width equals its channel count
+    gets the bias added along the width. Here the format is stated instead.
+    """
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        tf_format = "NHWC" if data_format == CHANNELS_LAST else "NCHW"
+        return tf.nn.bias_add(x, tf.cast(bias, x.dtype), data_format=tf_format)
+    from keras import ops
+
+    shape = (1, 1, 1, -1) if data_format == CHANNELS_LAST else (1, -1, 1, 1)
+    return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
+
+
+def load_torch_checkpoint(path):
+    """Read a PyTorch checkpoint (``.pth``/``.pt``) safely: ``weights_only=True``
+    unpickles tensors and plain containers only, never arbitrary objects.
+
+    PyTorch is imported here, lazily; without it the error says what to do.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"{path}: reading a PyTorch checkpoint needs PyTorch (pip install torch); "
+            "without it, convert the file to .safetensors, which loads without PyTorch"
+        ) from None
+    return torch.load(path, map_location="cpu", weights_only=True)

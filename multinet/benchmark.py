@@ -1,0 +1,291 @@
+"""Timing core shared by ``benchmarks/run.py`` and the ``multinet bench`` command.
+
+One public entry point, :func:`run_benchmark`, times one model in one
+configuration and returns a plain, JSON-ready dict. :func:`time_callable` is
+the loop it uses; the native PyTorch baseline in ``benchmarks/`` times its
+modules with the same loop, so both sides are measured the same way.
+
+Only ``keras`` and :mod:`multinet.backend` are used here: importing this
+module imports no framework other than the Keras backend in use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+from multinet import backend
+
+TASKS = ("inference", "train")
+DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
+CALLS = ("compiled", "predict")
+SCHEMA = "multinet.benchmark/1"
+
+
+class UnsupportedConfig(Exception):
+    """The configuration cannot run here (reported as ``status: "unsupported"``)."""
+
+
+def time_callable(fn: Callable[[], object], *, items: int, warmup: int = 2,
+                  repeats: int = 10, sync: Callable[[object], object] | None = None) -> dict:
+    """Time ``fn()``: one first call (compilation, tracing, warm-up), then
+    ``warmup - 1`` more untimed calls, then ``repeats`` timed calls.
+
+    Each call processes ``items`` images. ``sync(result)`` waits for
+    asynchronous work (JAX dispatch, CUDA streams) before the clock stops.
+    Returns images per second (median and spread over the repeats), the
+    per-call seconds and the first call's seconds.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = sync or (lambda result: result)
+    start = time.perf_counter()
+    sync(fn())
+    first = time.perf_counter() - start
+    for _ in range(max(warmup - 1, 0)):
+        sync(fn())
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sync(fn())
+        seconds.append(time.perf_counter() - start)
+    rates = sorted(items / s for s in seconds)
+    quartiles = (statistics.quantiles(rates, n=4, method="inclusive")
+                 if len(rates) > 1 else [rates[0]] * 3)
+    return {
+        "images_per_s": statistics.median(rates),
+        "images_per_s_min": rates[0],
+        "images_per_s_max": rates[-1],
+        "images_per_s_q1": quartiles[0],
+        "images_per_s_q3": quartiles[2],
+        "seconds_per_call_median": statistics.median(seconds),
+        "first_call_s": first,
+        "warmup": warmup,
+        "repeats": repeats,
+    }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (``resource.getrusage``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def environment() -> dict:
+    """Where a result was measured: backend, versions, device, threads."""
+    gpus = backend.gpu_devices()
+    return {
+        "backend": backend.name(),
+        "framework_version": backend.framework_version(),
+        "keras_version": keras.__version__,
+        "multinet_version": _multinet_version(),
+        "python_version": platform.python_version(),
+        "device": gpus[0] if gpus else "cpu",
+        "device_kind": "gpu" if gpus else "cpu",
+        "cpu": cpu_name(),
+        "cpu_count": _cpu_count(),
+        "threads": backend.num_threads(),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU model name (``lscpu``'s "Model name"), or the platform's guess."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_count() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _multinet_version() -> str:
+    import multinet
+
+    return multinet.__version__
+
+
+@contextlib.contextmanager
+def dtype_policy(dtype: str):
+    """Build layers under the Keras dtype policy ``dtype`` inside the block."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_inputs(batch_size: int, image_size: int, data_format: str, *, classes: int = 1000,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random float32 images in ``data_format`` (values in [0, 1)) and integer labels.
+
+    The native baseline uses the same arrays (channels_first), so both sides
+    see the same data.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch_size, 3, image_size, image_size), dtype=np.float32)
+    if data_format == backend.CHANNELS_LAST:
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    labels = rng.integers(0, classes, size=(batch_size,)).astype("int32")
+    return images, labels
+
+
+def run_benchmark(
+    model,
+    *,
+    batch_size: int = 1,
+    image_size: int = 224,
+    data_format: str | None = None,
+    task: str = "inference",
+    dtype: str = "float32",
+    warmup: int = 2,
+    repeats: int = 10,
+    call: str = "compiled",
+    seed: int = 0,
+    **model_kwargs,
+) -> dict:
+    """Time one multinet model in one configuration; return a JSON-ready dict.
+
+    Arguments:
+        model: a registered model name (built here with random weights, in
+            ``data_format`` and under the ``dtype`` policy) or a built
+            ``keras.Model`` (then ``data_format`` must match its input and
+            ``dtype`` only labels the result).
+        batch_size, image_size: the input is ``batch_size`` random
+            ``image_size`` x ``image_size`` RGB images in ``data_format``.
+        data_format: ``"channels_last"``, ``"channels_first"`` or None (the
+            Keras global setting).
+        task: ``"inference"`` (forward pass) or ``"train"`` (forward,
+            backward and an SGD update: ``model.train_on_batch``, which Keras
+            compiles on JAX and TensorFlow).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"mixed_bfloat16"`` (Keras
+            dtype policies).
+        warmup: calls before timing; the first one's time is reported
+            separately as ``first_call_s`` (tracing and compilation).
+        repeats: timed calls; the figures are over these.
+        call: inference call path: ``"compiled"`` times
+            ``multinet.compile_inference(model)`` (see
+            :func:`multinet.backend.compile_inference`), ``"predict"`` times
+            ``model.predict(x, batch_size=batch_size, verbose=0)``.
+        seed: seed of the random inputs.
+        model_kwargs: passed to ``multinet.create_model`` (e.g. ``ceil_mode``).
+
+    Returns a dict with ``status`` (``"ok"``, ``"unsupported"`` or
+    ``"error"``, with ``error`` saying why), the configuration, the timing
+    (``images_per_s`` median, ``images_per_s_min``/``_max``,
+    ``images_per_s_q1``/``_q3``, ``seconds_per_call_median``,
+    ``first_call_s``), ``build_s``, memory (``peak_rss_bytes``, and on a GPU
+    ``peak_device_memory_bytes``) and :func:`environment` (backend,
+    versions, device name, threads).
+    """
+    from multinet.layers import standardize_data_format
+
+    data_format = standardize_data_format(data_format)
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if call not in CALLS:
+        raise ValueError(f"call must be one of {CALLS}, got {call!r}")
+    result = {
+        "schema": SCHEMA,
+        "implementation": "multinet",
+        "model": model if isinstance(model, str) else model.name,
+        "task": task,
+        "batch_size": int(batch_size),
+        "image_size": int(image_size),
+        "data_format": data_format,
+        "dtype": dtype,
+        "call": call if task == "inference" else "train_on_batch",
+        **environment(),
+    }
+    try:
+        result.update(_measure(model, batch_size=batch_size, image_size=image_size,
+                               data_format=data_format, task=task, dtype=dtype,
+                               warmup=warmup, repeats=repeats, call=call, seed=seed,
+                               model_kwargs=model_kwargs))
+        result["status"] = "ok"
+    except UnsupportedConfig as exc:
+        result.update(status="unsupported", error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (a failed config is a result, not a crash)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        if dtype != "float32" and _looks_unsupported(exc):
+            result.update(status="unsupported", error=message)
+        else:
+            result.update(status="error", error=message)
+    return result
+
+
+def _looks_unsupported(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in (
+        "not implemented", "notimplemented", "unsupported", "not supported",
+        "no registered", "could not find", "bfloat16"))
+
+
+def _measure(model, *, batch_size, image_size, data_format, task, dtype, warmup, repeats,
+             call, seed, model_kwargs):
+    backend.reset_peak_device_memory()
+    start = time.perf_counter()
+    if isinstance(model, str):
+        from multinet.registry import create_model
+
+        kwargs = dict(model_kwargs)
+        if task == "train":
+            kwargs.setdefault("classifier_activation", None)  # logits, as torch's CE takes
+        with dtype_policy(dtype):
+            model = create_model(model, data_format=data_format,
+                                 input_shape=_input_shape(image_size, data_format), **kwargs)
+    build_s = time.perf_counter() - start
+    images, labels = make_inputs(batch_size, image_size, data_format,
+                                 classes=int(model.output_shape[-1]), seed=seed)
+    if task == "inference":
+        if call == "compiled":
+            forward = backend.compile_inference(model)
+            inputs = backend.to_device(images)
+            timing = time_callable(lambda: forward(inputs), items=batch_size, warmup=warmup,
+                                   repeats=repeats, sync=backend.block_until_ready)
+        else:
+            timing = time_callable(
+                lambda: model.predict(images, batch_size=batch_size, verbose=0),
+                items=batch_size, warmup=warmup, repeats=repeats)
+    else:
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(
+                from_logits=model.layers[-1].get_config().get("activation") in (None, "linear")),
+        )
+        timing = time_callable(lambda: model.train_on_batch(images, labels),
+                               items=batch_size, warmup=warmup, repeats=repeats)
+    out = {"build_s": build_s, **timing, "peak_rss_bytes": peak_rss_bytes()}
+    device_peak = backend.peak_device_memory()
+    if device_peak is not None:
+        out["peak_device_memory_bytes"] = device_peak
+    return out
+
+
+def _input_shape(image_size, data_format):
+    if data_format == backend.CHANNELS_FIRST:
+        return (3, image_size, image_size)
+    return (image_size, image_size, 3)
