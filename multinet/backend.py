@@ -261,3 +261,45 @@ def load_torch_checkpoint(path):
             "without it, convert the file to .safetensors, which loads without PyTorch"
         ) from None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_format,
+                 groups=1, activation=None):
+    """One-call 2D convolution, bias and ReLU where the backend has one; None elsewhere.
+
+    PyTorch only (channels_first, 'valid' padding, or 'same' padding with
+    stride 1 and odd kernels, where it is symmetric): ``torch.nn.functional.
+    conv2d`` with the bias fused in and the padding passed to the kernel (no
+    separate pad, add or transpose of the batch), and, with autograd off
+    (inference), an in-place ReLU on the fresh output. The other backends
+    compile the layer into one fused kernel already, so they return None and
+    the caller takes the ``keras.ops`` path.
+    """
+    if name() != "torch" or data_format != CHANNELS_FIRST:
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    kernel_h, kernel_w = kernel.shape[0], kernel.shape[1]
+    if padding == "valid":
+        pad = (0, 0)
+    elif (padding == "same" and all(s == 1 for s in strides)
+          and kernel_h % 2 == 1 and kernel_w % 2 == 1):
+        pad = (dilation_rate[0] * (kernel_h - 1) // 2, dilation_rate[1] * (kernel_w - 1) // 2)
+    else:
+        return None
+    x = keras.ops.convert_to_tensor(inputs)
+    weight = keras.ops.convert_to_tensor(kernel)
+    if x.dtype != weight.dtype:
+        return None
+    # Keras keeps kernels HWIO; PyTorch wants OIHW (a view, no copy here).
+    weight = weight.permute(3, 2, 0, 1)
+    if bias is not None:
+        bias = keras.ops.convert_to_tensor(bias).to(x.dtype)
+    out = F.conv2d(x, weight, bias, stride=tuple(strides), padding=pad,
+                   dilation=tuple(dilation_rate), groups=groups)
+    if activation is None:
+        return out
+    if activation is keras.activations.relu:
+        return torch.relu(out) if torch.is_grad_enabled() else torch.relu_(out)
+    return activation(out)

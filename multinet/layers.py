@@ -46,26 +46,39 @@ class Conv2D(keras.layers.Conv2D):
     """``keras.layers.Conv2D`` that also runs channels_first where the backend
     cannot, namely TensorFlow on a CPU (NHWC-only kernels).
 
-    There the convolution runs on the transposed batch and the result is
-    transposed back; weights (HWIO) are the same either way. Everywhere else
-    it is exactly ``keras.layers.Conv2D``.
+    There the layer runs on the transposed batch and the result is transposed
+    back; weights (HWIO) are the same either way. The bias is added with the
+    data format stated (see ``backend.bias_add``), never guessed from shapes.
     """
 
-    def convolution_op(self, inputs, kernel):
-        if (
-            self.data_format == backend.CHANNELS_FIRST
-            and not backend.channels_first_conv_supported()
-        ):
-            outputs = ops.conv(
-                ops.transpose(inputs, (0, 2, 3, 1)),
-                kernel,
-                strides=list(self.strides),
-                padding=self.padding,
-                dilation_rate=self.dilation_rate,
-                data_format=backend.CHANNELS_LAST,
-            )
-            return ops.transpose(outputs, (0, 3, 1, 2))
-        return super().convolution_op(inputs, kernel)
+    def call(self, inputs):
+        # PyTorch: convolution, bias and ReLU in one call (backend.fused_conv2d).
+        fused = backend.fused_conv2d(
+            inputs, self.kernel, self.bias if self.use_bias else None,
+            strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+            data_format=self.data_format, groups=self.groups, activation=self.activation)
+        if fused is not None:
+            return fused
+        # TensorFlow's CPU kernels are NHWC only: run the whole layer on the
+        # transposed batch there, bias and activation included, and transpose
+        # the result back once.
+        nhwc_only = (self.data_format == backend.CHANNELS_FIRST
+                     and not backend.channels_first_conv_supported())
+        data_format = backend.CHANNELS_LAST if nhwc_only else self.data_format
+        x = ops.transpose(inputs, (0, 2, 3, 1)) if nhwc_only else inputs
+        x = ops.conv(
+            x,
+            self.kernel,
+            strides=list(self.strides),
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=data_format,
+        )
+        if self.use_bias:
+            x = backend.bias_add(x, self.bias, data_format)
+        if self.activation is not None:
+            x = self.activation(x)
+        return ops.transpose(x, (0, 3, 1, 2)) if nhwc_only else x
 
 
 def pool_output_size(size, pool, stride, ceil_mode):
