@@ -3,6 +3,7 @@ weights across formats, validation, and plain-Keras behaviour."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -251,9 +252,9 @@ def test_explicit_data_format_leaves_the_global_setting_alone():
 def test_keras_json_in_keras_home_sets_the_default(tmp_path):
     home = tmp_path / "keras_home"
     home.mkdir()
-    (home / "keras.json").write_text(
-        '{"image_data_format": "channels_first", "backend": "%s", "floatx": "float32", '
-        '"epsilon": 1e-07}' % backend.name())
+    settings = {"image_data_format": "channels_first", "backend": backend.name(),
+                "floatx": "float32", "epsilon": 1e-07}
+    (home / "keras.json").write_text(json.dumps(settings))
     code = (
         "import sys, multinet\n"
         "m = multinet.create_model('squeezenet1_1', include_top=False, input_shape=(3, 64, 64))\n"
