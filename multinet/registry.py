@@ -137,6 +137,7 @@ def resolve_weights(spec: ModelSpec, weights) -> WeightsSpec | None:
 
 def create_model(
     name: str,
+    /,
     *,
     weights=None,
     include_top: bool = True,
@@ -155,7 +156,9 @@ def create_model(
     model's weights entries (``"imagenet"`` is the default entry).
     ``data_format=None`` follows ``keras.config.image_data_format()``; an
     explicit value applies to this model only. ``model_kwargs`` carries family
-    options such as SqueezeNet's ``ceil_mode``.
+    options such as SqueezeNet's ``ceil_mode``, and ``name`` sets the Keras
+    model's name (``name`` the first argument is the registry name, so it is
+    positional).
     """
     spec = get_model_spec(name)
     entry = resolve_weights(spec, weights)
