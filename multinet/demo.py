@@ -1,0 +1,297 @@
+"""``multinet demo``: the classic Keras tutorial, offline, on the backend in use.
+
+1. Fit a one-neuron linear regression to y = 3x + noise until w is about 3.
+2. Train a small SqueezeNet-style classifier, built from multinet's own
+   ``Conv2D``, ``MaxPooling2D(ceil_mode=True)`` and ``fire_module``, on the
+   UCI handwritten digits shipped in ``multinet/data`` (8x8, 1797 images) to
+   at least 95% test accuracy.
+3. Save its weights to a Keras 3 ``.weights.h5`` file, load them into a fresh
+   model, and check that the predictions are identical.
+4. Classify ``multinet/data/cat.jpg`` with squeezenet1_1: with the pretrained
+   weights if they are in the local cache, otherwise with random weights, and
+   say so.
+5. Time the digits model in each data format (the weights copied across, the
+   outputs compared).
+
+Nothing is downloaded. ``run_demo`` returns a dict of the measured results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+
+import keras
+import numpy as np
+
+from multinet import backend, layers
+from multinet.models.squeezenet import fire_module
+from multinet.weights.download import ENV_OFFLINE
+
+SEED = 1337
+DEFAULT_EPOCHS = 30
+BATCH_SIZE = 32
+ACCURACY_BAR = 0.95
+TEST_FRACTION = 0.25
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The UCI handwritten digits: images (1797, 8, 8) float32 in [0, 1], labels (1797,)."""
+    with resources.files("multinet").joinpath("data", "digits.csv.gz").open("rb") as raw:
+        table = np.loadtxt(gzip.open(raw, "rt"), delimiter=",", dtype=np.int64)
+    images = (table[:, :64] / 16.0).astype("float32").reshape(-1, 8, 8)
+    return images, table[:, 64]
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
+    """Train and test indices with each class split in the same proportion."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(index) * test_fraction))
+        test.append(index[:n_test])
+        train.append(index[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def digits_model(data_format: str | None = None, compute_format: str | None = None
+                 ) -> keras.Model:
+    """A small SqueezeNet-style digits classifier from multinet's building blocks.
+
+    It takes 8x8 images in ``data_format`` and computes in ``compute_format``
+    (None: the backend's fastest, see ``backend.preferred_compute_format``).
+    """
+    fmt = layers.standardize_data_format(data_format)
+    inner = (backend.preferred_compute_format() if compute_format is None
+             else layers.standardize_data_format(compute_format))
+    shape = (1, 8, 8) if fmt == backend.CHANNELS_FIRST else (8, 8, 1)
+    inputs = keras.Input(shape=shape, name="digits")
+    x = layers.to_data_format(inputs, fmt, inner, name="to_" + inner)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", data_format=inner,
+                      name="conv1")(x)
+    x = fire_module(x, 2, 16, 32, inner)
+    # 8x8 -> 4x4: with ceil_mode a 3x3/2 window covers the last row and column.
+    x = layers.MaxPooling2D(3, strides=2, ceil_mode=True, data_format=inner, name="pool2")(x)
+    x = fire_module(x, 3, 32, 64, inner)
+    x = keras.layers.GlobalAveragePooling2D(data_format=inner, name="avg_pool")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="digits_squeezenet")
+
+
+def to_model_input(images: np.ndarray, data_format: str) -> np.ndarray:
+    axis = 1 if data_format == backend.CHANNELS_FIRST else -1
+    return np.expand_dims(images, axis)
+
+
+class DemoCheckFailed(RuntimeError):
+    """A demo step did not reach its bar."""
+
+
+class _Printer:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __call__(self, *parts):
+        print(*parts, file=self.stream, flush=True)
+
+    def step(self, number, title):
+        self(f"\n[{number}/5] {title}")
+
+
+def linear_regression(say, verbose) -> float:
+    rng = np.random.default_rng(SEED)
+    x = rng.uniform(-1.0, 1.0, size=(256, 1)).astype("float32")
+    y = (3.0 * x + rng.normal(0.0, 0.1, size=x.shape)).astype("float32")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, name="neuron")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="mse")
+    epochs = 0
+    while epochs < 50:
+        model.fit(x, y, epochs=10, batch_size=32, verbose=verbose)
+        epochs += 10
+        w, b = (float(np.ravel(v)[0]) for v in model.get_layer("neuron").get_weights())
+        if abs(w - 3.0) < 0.05:
+            break
+    say(f"    learned w = {w:.3f}, b = {b:+.3f} (true: w = 3, b = 0) after {epochs} epochs "
+        f"of SGD on {len(x)} points")
+    return w
+
+
+def image_options(preprocessing: str, input_size: int) -> dict:
+    """``load_image`` arguments that match how weights were trained: torchvision
+    resizes the short side then center-crops; Keras-trained weights take the
+    whole image resized to the input size."""
+    if preprocessing == "torch":
+        return {"crop": input_size}
+    return {"target_size": (input_size, input_size)}
+
+
+@contextlib.contextmanager
+def _offline():
+    previous = os.environ.get(ENV_OFFLINE)
+    os.environ[ENV_OFFLINE] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[ENV_OFFLINE]
+        else:
+            os.environ[ENV_OFFLINE] = previous
+
+
+def classify_cat(say, fmt: str) -> dict:
+    """squeezenet1_1 on the shipped cat photo: pretrained if cached, else random."""
+    import multinet
+    from multinet.weights import WeightsLoadError, WeightsUnavailableError, cache_dir
+
+    name = "squeezenet1_1"
+    entry = multinet.get_model_spec(name).get_weights("imagenet")
+    model, problem = None, None
+    with _offline():
+        try:
+            model = multinet.create_model(name, weights="imagenet", data_format=fmt)
+        except (WeightsUnavailableError, WeightsLoadError) as error:
+            problem = str(error)
+    pretrained = model is not None
+    if pretrained:
+        say(f"    {name} with its pretrained {entry.name!r} weights from the cache "
+            f"({cache_dir()})")
+    else:
+        model = multinet.create_model(name, data_format=fmt)
+        say(f"    No pretrained {name} weights are available offline: "
+            f"{entry.filename} is not in {cache_dir()}"
+            + (" (or is not the published file)" if "expected" in (problem or "") else "")
+            + ".")
+        say(f"    To get them, run once with network access: multinet predict IMAGE -m {name}"
+            f" -w imagenet; or download {entry.url} into that folder.")
+        say("    With RANDOM weights instead, the labels below mean nothing:")
+    path = str(resources.files("multinet").joinpath("data", "cat.jpg"))
+    image = multinet.load_image(path, data_format=fmt,
+                                **image_options(entry.preprocessing, entry.input_size))
+    batch = multinet.preprocess_input(image[None], entry.preprocessing, data_format=fmt)
+    preds = keras.ops.convert_to_numpy(model.predict_on_batch(batch))
+    top = multinet.decode_predictions(preds, top=3)[0]
+    for _, label, score in top:
+        say(f"      {score:7.2%}  {label}")
+    return {"pretrained": pretrained, "top": [(label, float(p)) for _, label, p in top]}
+
+
+def images_per_second(forward, x, repeats: int) -> float:
+    """Median throughput of ``forward(x)``, timed by multinet.benchmark's loop."""
+    from multinet.benchmark import time_callable
+
+    timing = time_callable(lambda: forward(x), items=len(x), warmup=2, repeats=repeats,
+                           sync=backend.block_until_ready)
+    return timing["images_per_s"]
+
+
+def train_digits(say, fmt: str, epochs: int, verbose) -> tuple[keras.Model, dict]:
+    images, labels = load_digits()
+    train, test = stratified_split(labels, TEST_FRACTION, SEED)
+    x = to_model_input(images, fmt)
+    say(f"    UCI handwritten digits, 8x8: {len(train)} training and {len(test)} test images "
+        f"(stratified split, seed {SEED})")
+    model = digits_model(fmt)
+    say(f"    {model.name}: conv1, fire2, pool2 (ceil_mode), fire3, global average pool, "
+        f"dense; {model.count_params():,} parameters")
+    # Adam with a cosine-decayed step: fast at first, settled at the end.
+    steps = epochs * -(-len(train) // BATCH_SIZE)
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[train], labels[train], batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose)
+    _, accuracy = model.evaluate(x[test], labels[test], batch_size=256, verbose=0)
+    say(f"    test accuracy: {accuracy:.2%} on {len(test)} images never seen in training "
+        f"(bar: {ACCURACY_BAR:.0%})")
+    return model, {"x_test": x[test], "images": images, "accuracy": float(accuracy)}
+
+
+def round_trip(say, model: keras.Model, fmt: str, x_test: np.ndarray) -> bool:
+    expected = model.predict(x_test, batch_size=256, verbose=0)
+    with tempfile.TemporaryDirectory(prefix="multinet-demo-") as folder:
+        path = os.path.join(folder, "digits.weights.h5")
+        model.save_weights(path)
+        size = os.path.getsize(path)
+        fresh = digits_model(fmt)
+        fresh.load_weights(path)
+    got = fresh.predict(x_test, batch_size=256, verbose=0)
+    identical = bool(np.array_equal(expected, got))
+    say(f"    saved {size / 1024:.0f} KiB to digits.weights.h5 and loaded it into a fresh "
+        f"model: predictions {'identical' if identical else 'DIFFERENT'} on all "
+        f"{len(x_test)} test images")
+    return identical
+
+
+def speed_by_format(say, model: keras.Model, images: np.ndarray, quick: bool) -> dict:
+    """Throughput of copies of ``model`` computing in each data format."""
+    batch = images[:256] if quick else np.concatenate([images, images])[:2048]
+    rates, reference = {}, None
+    for fmt in backend.DATA_FORMATS:
+        twin = digits_model(fmt, compute_format=fmt)
+        twin.set_weights(model.get_weights())
+        forward = backend.compile_inference(twin)
+        x = backend.to_device(to_model_input(batch, fmt))
+        out = keras.ops.convert_to_numpy(forward(x))
+        reference = out if reference is None else reference
+        diff = float(np.max(np.abs(out - reference)))
+        rates[fmt] = images_per_second(forward, x, repeats=3 if quick else 10)
+        say(f"    {fmt:<15} {rates[fmt]:9,.0f} img/s  (batch {len(batch)}; outputs differ from "
+            f"{backend.DATA_FORMATS[0]} by at most {diff:.1e})")
+        if diff > 1e-4:
+            raise RuntimeError(f"{fmt} outputs differ from {backend.DATA_FORMATS[0]} by {diff:.1e}")
+    return rates
+
+
+def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
+             quick: bool = False, verbose="auto", stream=None) -> dict:
+    """Run the five steps and return what they measured.
+
+    ``quick`` times fewer and smaller batches in step 5; training is the same.
+    Raises ``DemoCheckFailed`` if a check fails (w not near 3, accuracy under
+    95%, predictions changed by a save/load round trip, formats disagree).
+    """
+    say = _Printer(stream or sys.stdout)
+    fmt = layers.standardize_data_format(data_format)
+    keras.utils.set_random_seed(SEED)
+    start = time.perf_counter()
+    results = {"backend": backend.name(), "data_format": fmt}
+    say(f"multinet demo: Keras {keras.__version__}, backend {backend.name()} "
+        f"{backend.framework_version()}, data format {fmt}")
+
+    # The digits network is tiny: one thread per operation is fastest.
+    with backend.limit_threads(1):
+        say.step(1, "Linear regression: one neuron learns y = 3x + noise")
+        results["w"] = w = linear_regression(say, verbose=0)
+        if abs(w - 3.0) > 0.1:
+            raise DemoCheckFailed(f"linear regression did not converge: w = {w:.3f}, expected 3")
+
+        say.step(2, "A SqueezeNet-style network of multinet Fire modules learns handwritten "
+                 "digits")
+        model, data = train_digits(say, fmt, epochs, verbose)
+        results["accuracy"] = accuracy = data["accuracy"]
+        if accuracy < ACCURACY_BAR:
+            raise DemoCheckFailed(f"digits test accuracy {accuracy:.2%} is under "
+                                  f"{ACCURACY_BAR:.0%}")
+
+        say.step(3, "save_weights, then load_weights into a fresh model (.weights.h5)")
+        results["round_trip_identical"] = round_trip(say, model, fmt, data["x_test"])
+        if not results["round_trip_identical"]:
+            raise DemoCheckFailed("predictions changed after save_weights/load_weights")
+
+    say.step(4, "squeezenet1_1 looks at multinet/data/cat.jpg")
+    results["cat"] = classify_cat(say, fmt)
+
+    say.step(5, "Inference speed of the digits network in each data format")
+    results["speed"] = speed_by_format(say, model, data["images"], quick)
+
+    results["seconds"] = time.perf_counter() - start
+    say(f"\nDone in {results['seconds']:.0f} s: w = {w:.3f}, digits test accuracy "
+        f"{accuracy:.2%}, weights round trip identical, "
+        f"{'pretrained' if results['cat']['pretrained'] else 'random'} squeezenet1_1.")
+    return results
