@@ -41,8 +41,8 @@ def time_callable(fn: Callable[[], object], *, items: int, warmup: int = 2,
 
     Each call processes ``items`` images. ``sync(result)`` waits for
     asynchronous work (JAX dispatch, CUDA streams) before the clock stops.
-    Returns images per second (median and spread over the repeats), the
-    per-call seconds and the first call's seconds.
+    Returns images per second (median and spread over the repeats, see
+    :func:`summarize`), the per-call ``seconds`` and ``first_call_s``.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -57,6 +57,12 @@ def time_callable(fn: Callable[[], object], *, items: int, warmup: int = 2,
         start = time.perf_counter()
         sync(fn())
         seconds.append(time.perf_counter() - start)
+    return {**summarize(seconds, items), "first_call_s": first, "warmup": warmup,
+            "repeats": repeats}
+
+
+def summarize(seconds: list[float], items: int) -> dict:
+    """Images per second (median, min, max, quartiles) over per-call ``seconds``."""
     rates = sorted(items / s for s in seconds)
     quartiles = (statistics.quantiles(rates, n=4, method="inclusive")
                  if len(rates) > 1 else [rates[0]] * 3)
@@ -67,9 +73,7 @@ def time_callable(fn: Callable[[], object], *, items: int, warmup: int = 2,
         "images_per_s_q1": quartiles[0],
         "images_per_s_q3": quartiles[2],
         "seconds_per_call_median": statistics.median(seconds),
-        "first_call_s": first,
-        "warmup": warmup,
-        "repeats": repeats,
+        "seconds": [round(s, 6) for s in seconds],
     }
 
 

@@ -1,0 +1,134 @@
+"""The native PyTorch baseline: torchvision-layout modules from
+``tests/torch_reference.py``, timed with the same loop as multinet
+(``multinet.benchmark.time_callable``) on the same inputs.
+
+Inference runs eagerly under ``torch.inference_mode()`` (optionally through
+``torch.compile``); training is forward, cross-entropy, backward and an SGD
+step. PyTorch is optional: :func:`available` says whether it can be imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+from multinet.benchmark import make_inputs, peak_rss_bytes, time_callable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def available() -> bool:
+    """Whether PyTorch is installed (the baseline is skipped without it)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _reference():
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import torch_reference
+
+    return torch_reference
+
+
+def default_threads() -> int:
+    """CPU threads for the baseline: every core this process may use, as
+    XLA and TensorFlow use (PyTorch itself defaults to the physical cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_native(name: str, *, batch_size: int, image_size: int = 224, task: str = "inference",
+               dtype: str = "float32", warmup: int = 2, repeats: int = 10,
+               compile: bool = False, threads: int | None = None, seed: int = 0,
+               device: str | None = None) -> dict:
+    """Time the PyTorch reference of ``name``; same result keys as
+    ``multinet.benchmark.run_benchmark`` (``implementation`` is
+    ``"torch_eager"`` or ``"torch_compile"``)."""
+    import torch
+
+    implementation = "torch_compile" if compile else "torch_eager"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if threads is None:
+        threads = default_threads()
+    torch.set_num_threads(threads)
+    result = {
+        "schema": "multinet.benchmark/1",
+        "implementation": implementation,
+        "model": name,
+        "task": task,
+        "batch_size": int(batch_size),
+        "image_size": int(image_size),
+        "data_format": "channels_first",
+        "dtype": dtype,
+        "call": ("inference_mode" if task == "inference" else "sgd_step"),
+        "backend": "torch-native",
+        "framework_version": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "device_kind": "gpu" if device == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        result.update(_measure(torch, name, batch_size, image_size, task, dtype, warmup,
+                               repeats, compile, seed, device))
+        result["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001  (a failed config is a result)
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        result.update(status="unsupported" if dtype != "float32" else "error", error=message)
+    return result
+
+
+def _measure(torch, name, batch_size, image_size, task, dtype, warmup, repeats, compile,
+             seed, device):
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    module = _reference().build(name).to(device)
+    images, labels = make_inputs(batch_size, image_size, "channels_first", seed=seed)
+    x = torch.from_numpy(images).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    autocast = dtype == "mixed_bfloat16"
+    if dtype == "bfloat16":
+        module = module.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+    build_s = time.perf_counter() - start
+    forward = torch.compile(module) if compile else module
+
+    def sync(value):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return value
+
+    def autocast_ctx():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if task == "inference":
+        module.eval()
+
+        def step():
+            with torch.inference_mode(), autocast_ctx():
+                return forward(x)
+    else:
+        module.train()
+        optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_ctx():
+                loss = loss_fn(forward(x), y)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+    timing = time_callable(step, items=batch_size, warmup=warmup, repeats=repeats, sync=sync)
+    out = {"build_s": build_s, **timing, "peak_rss_bytes": peak_rss_bytes()}
+    if device == "cuda":
+        out["peak_device_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out

@@ -1,0 +1,148 @@
+"""Merge benchmark result files into a markdown table and a PNG chart.
+
+    python benchmarks/report.py                       # benchmarks/results/*.json
+    python benchmarks/report.py --results DIR --out DIR
+
+Writes ``report.md`` (one row per multinet figure: img/s, native PyTorch
+img/s from the same run and their ratio) and ``report.png`` (the ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TASK_ORDER = {"latency": 0, "throughput": 1, "train": 2}
+BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
+
+
+def load(results_dir: Path) -> list[dict]:
+    """The run files in ``results_dir`` (``<backend>.json``), sorted by backend."""
+    runs = []
+    for path in sorted(results_dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") == "multinet.benchmark.run/1":
+            runs.append(data)
+    return sorted(runs, key=lambda r: BACKEND_ORDER.get(r["environment"]["backend"], 9))
+
+
+def rows(runs: list[dict]) -> list[dict]:
+    out = []
+    for run in runs:
+        for result in run["results"]:
+            if result.get("implementation") != "multinet":
+                continue
+            out.append({**result, "backend": run["environment"]["backend"]})
+    out.sort(key=lambda r: (BACKEND_ORDER.get(r["backend"], 9), r["model"],
+                            TASK_ORDER.get(r.get("bench_task"), 9), r["dtype"] != "float32",
+                            r["dtype"], r["call"] != "compiled", r["data_format"]))
+    return out
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = []
+    for run in runs:
+        env = run["environment"]
+        lines.append(
+            f"- **{env['backend']}** {env['framework_version']}, Keras {env['keras_version']}, "
+            f"{env['device']} ({env['cpu']}, {env['cpu_count']} cores), native baseline: "
+            f"{run['native_baseline']}; `{run['command']}` ({run['wall_s']} s, "
+            f"{run['created']})")
+    lines += [
+        "",
+        "| backend | model | task | batch | format | dtype | call | img/s (min-max) "
+        "| native img/s | ratio | first call s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows(runs):
+        if r.get("status") == "ok":
+            speed = (f"{_fmt(r['images_per_s'])} ({_fmt(r['images_per_s_min'])}-"
+                     f"{_fmt(r['images_per_s_max'])})")
+            ratio = r.get("ratio_to_native")
+            ratio_text = "n/a" if ratio is None else f"**{ratio:.2f}x**"
+            first = _fmt(r.get("first_call_s"), 1)
+        else:
+            speed, ratio_text, first = r.get("status", "error"), "n/a", "n/a"
+        lines.append(
+            f"| {r['backend']} | {r['model']} | {r.get('bench_task', r['task'])} | "
+            f"{r['batch_size']} | {r['data_format']} | {r['dtype']} | {r['call']} | {speed} | "
+            f"{_fmt(r.get('native_images_per_s'))} | {ratio_text} | {first} |")
+    unsupported = [r for r in rows(runs) if r.get("status") != "ok"]
+    if unsupported:
+        lines.append("")
+        for r in unsupported:
+            lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']}: "
+                         f"{r['status']}: {r.get('error', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(runs: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [r for r in rows(runs) if r.get("ratio_to_native") is not None
+            and r["dtype"] == "float32" and r["call"] in ("compiled", "train_on_batch")]
+    labels = sorted({(r["model"], r.get("bench_task", r["task"])) for r in data},
+                    key=lambda k: (k[0], TASK_ORDER.get(k[1], 9)))
+    series = sorted({(r["backend"], r["data_format"]) for r in data},
+                    key=lambda k: (BACKEND_ORDER.get(k[0], 9), k[1]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) + 2), 4.5))
+    width = 0.8 / max(len(series), 1)
+    for i, (backend_name, data_format) in enumerate(series):
+        values = []
+        for model, task in labels:
+            match = [r["ratio_to_native"] for r in data if r["backend"] == backend_name
+                     and r["data_format"] == data_format and r["model"] == model
+                     and r.get("bench_task", r["task"]) == task]
+            values.append(match[0] if match else 0.0)
+        positions = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(positions, values, width, label=f"{backend_name} {data_format}",
+               hatch="//" if data_format == "channels_first" else None)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([f"{m}\n{t}" for m, t in labels], fontsize=8)
+    ax.set_ylabel("speed / native PyTorch eager (same run)")
+    ax.set_title("multinet float32 speed relative to native PyTorch (higher is better)")
+    if series:
+        ax.legend(fontsize=7, ncol=min(3, len(series)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> tuple[Path, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--out", default=None, help="defaults to --results")
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results)
+    out = Path(args.out or results_dir)
+    runs = load(results_dir)
+    if not runs:
+        raise SystemExit(f"no result files in {results_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    md_path = out / "report.md"
+    md_path.write_text(markdown(runs), encoding="utf-8")
+    png_path = chart(runs, out / "report.png")
+    print(f"wrote {md_path} and {png_path}", file=sys.stderr)
+    return md_path, png_path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Benchmark multinet on the current Keras backend against native PyTorch.
+
+    KERAS_BACKEND=jax python benchmarks/run.py                  # full run
+    KERAS_BACKEND=jax python benchmarks/run.py --quick --out /tmp/bench      # smoke run
+
+Writes ``<out>/<backend>.json``: every multinet figure with the native
+PyTorch figure for the same model, task, batch and dtype measured in the same
+process, and their ratio. ``benchmarks/report.py`` turns the result files
+into a markdown table and a chart. Without PyTorch installed the native
+baseline is recorded as unavailable and the ratios are null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import native  # noqa: E402
+
+from multinet import backend  # noqa: E402
+from multinet.benchmark import environment, run_benchmark, summarize  # noqa: E402
+
+MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16")
+FORMATS = ("channels_last", "channels_first")
+DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
+TASKS = ("latency", "throughput", "train")
+CALLS = ("compiled", "predict")
+# Throughput and training batch per model (the issue's squeezenet1_1 b16, vgg16 b4).
+BATCH = {"squeezenet1_0": 16, "squeezenet1_1": 16, "vgg16": 4}
+DEFAULT_OUT = HERE / "results"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--tasks", default=",".join(TASKS),
+                        help="latency (inference, batch 1), throughput (inference, "
+                             "squeezenet b16, vgg b4), train (forward+backward+SGD)")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--dtypes", default=",".join(DTYPES),
+                        help="float32 runs every task; bfloat16 and mixed_bfloat16 run the "
+                             "throughput task")
+    parser.add_argument("--calls", default=",".join(CALLS),
+                        help="inference call paths: compiled (multinet.compile_inference), "
+                             "predict (model.predict); predict runs the throughput task")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: squeezenet1_1 only, 32x32 inputs, batch 2, "
+                             "1 warm-up and 2 timed calls")
+    parser.add_argument("--no-native", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--native-compile", action="store_true",
+                        help="also time the baseline through torch.compile")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
+    args = parser.parse_args(argv)
+    for key in ("models", "tasks", "formats", "dtypes", "calls"):
+        setattr(args, key, [v for v in getattr(args, key).split(",") if v])
+    _check(args.tasks, TASKS, "task")
+    _check(args.formats, FORMATS, "format")
+    _check(args.dtypes, DTYPES, "dtype")
+    _check(args.calls, CALLS, "call")
+    if args.quick:
+        args.models = [m for m in args.models if m == "squeezenet1_1"] or ["squeezenet1_1"]
+        args.image_size = min(args.image_size, 32)
+        args.warmup, args.repeats = 1, 2
+    return args
+
+
+def _check(values, allowed, what):
+    for value in values:
+        if value not in allowed:
+            raise SystemExit(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+def configs(args):
+    """(model, task, batch, dtype) groups; each gets one native baseline."""
+    for model in args.models:
+        for task in args.tasks:
+            batch = 1 if task == "latency" else (2 if args.quick else BATCH.get(model, 8))
+            dtypes = args.dtypes if task == "throughput" else ["float32"]
+            for dtype in dtypes:
+                if dtype in args.dtypes:
+                    yield model, task, batch, dtype
+
+
+def _merge_native(first, second):
+    """One baseline from the runs before and after multinet's (less drift)."""
+    if first.get("status") != "ok" or second.get("status") != "ok":
+        return first
+    merged = dict(first)
+    seconds = first["seconds"] + second["seconds"]
+    merged.update(summarize(seconds, first["batch_size"]))
+    merged["repeats"] = len(seconds)
+    merged["peak_rss_bytes"] = max(first["peak_rss_bytes"], second["peak_rss_bytes"])
+    return merged
+
+
+def run(args) -> dict:
+    use_native = not args.no_native and native.available()
+    threads = native.default_threads()
+    if backend.name() == "torch":
+        import torch
+
+        torch.set_num_threads(threads)  # the same threads for both sides
+    results = []
+    started = time.perf_counter()
+    for model, task, batch, dtype in configs(args):
+        mode = "train" if task == "train" else "inference"
+        common = dict(batch_size=batch, image_size=args.image_size, warmup=args.warmup,
+                      repeats=args.repeats)
+        half = dict(common, repeats=max(1, (args.repeats + 1) // 2))
+        baselines = {}
+        if use_native:
+            baselines["torch_eager"] = native.run_native(
+                model, task=mode, dtype=dtype, threads=threads, **half)
+            if args.native_compile:
+                baselines["torch_compile"] = native.run_native(
+                    model, task=mode, dtype=dtype, threads=threads, compile=True, **common)
+        calls = ["train_on_batch"] if mode == "train" else [
+            c for c in args.calls if c == "compiled" or task == "throughput"]
+        ours = []
+        for data_format in args.formats:
+            for call in calls:
+                print(f"[{backend.name()}] {model} {task} b{batch} {data_format} {dtype} "
+                      f"{call}", file=sys.stderr, flush=True)
+                result = run_benchmark(model, task=mode, dtype=dtype, data_format=data_format,
+                                       call="compiled" if call == "train_on_batch" else call,
+                                       **common)
+                result["bench_task"] = task
+                ours.append(result)
+        if use_native:
+            again = native.run_native(model, task=mode, dtype=dtype, threads=threads, **half)
+            baselines["torch_eager"] = _merge_native(baselines["torch_eager"], again)
+        for result in baselines.values():
+            result["bench_task"] = task
+            results.append(result)
+        native_eager = baselines.get("torch_eager", {})
+        for result in ours:
+            ok = result.get("status") == "ok" and native_eager.get("status") == "ok"
+            result["native_images_per_s"] = native_eager.get("images_per_s")
+            result["ratio_to_native"] = (
+                result["images_per_s"] / native_eager["images_per_s"] if ok else None)
+            if "torch_compile" in baselines and baselines["torch_compile"]["status"] == "ok":
+                result["ratio_to_torch_compile"] = (
+                    result["images_per_s"] / baselines["torch_compile"]["images_per_s"]
+                    if result.get("status") == "ok" else None)
+            results.append(result)
+    return {
+        "schema": "multinet.benchmark.run/1",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _command(),
+        "quick": bool(args.quick),
+        "native_baseline": ("torch_eager" if use_native else
+                            "unavailable (PyTorch is not installed)"
+                            if not native.available() else "skipped (--no-native)"),
+        "environment": {**environment(), "platform": platform.platform(),
+                        "load_average_1min": _load_average()},
+        "wall_s": round(time.perf_counter() - started, 1),
+        "results": [_compact(r) for r in results],
+    }
+
+
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _command() -> str:
+    env = f"KERAS_BACKEND={backend.name()} "
+    argv = [os.path.relpath(sys.argv[0]) if sys.argv[0].endswith(".py") else sys.argv[0]]
+    return env + "python " + shlex.join(argv + sys.argv[1:])
+
+
+def _compact(result: dict) -> dict:
+    """Round floats and drop the environment repeated in every row."""
+    drop = {"keras_version", "multinet_version", "python_version", "cpu", "cpu_count",
+            "schema"}
+    out = {}
+    for key, value in result.items():
+        if key in drop:
+            continue
+        if isinstance(value, float):
+            value = round(value, 4)
+        out[key] = value
+    return out
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    report = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{backend.name()}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    ratios = [r["ratio_to_native"] for r in report["results"]
+              if r.get("ratio_to_native") is not None]
+    summary = f"geomean ratio {statistics.geometric_mean(ratios):.2f}" if ratios else "no ratios"
+    print(f"wrote {path} ({len(report['results'])} results, {summary}, "
+          f"{report['wall_s']} s)", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    main()
