@@ -49,3 +49,20 @@ def tests(session: nox.Session, backend: str) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", ".")
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKENDS))
+def bench(session: nox.Session, backend: str) -> None:
+    """Benchmarks against native PyTorch: nox -s "bench(backend='jax')" [-- --quick].
+
+    Installs torch==2.13.0 next to the backend for the native baseline, writes
+    benchmarks/results/<backend>.json and renders benchmarks/results/report.{md,png}
+    from every result file there. Arguments after -- go to benchmarks/run.py.
+    """
+    install_backend(session, backend, "bench")
+    if backend != "torch":
+        session.install(*BACKENDS["torch"])
+    env = backend_env(session, backend)
+    session.run("python", "benchmarks/run.py", *session.posargs, env=env)
+    session.run("python", "benchmarks/report.py", env=env)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from multinet.benchmark import make_inputs, peak_rss_bytes, time_callable
+from multinet.benchmark import Prepared, make_inputs, time_callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +43,34 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def run_native(name: str, *, batch_size: int, image_size: int = 224, task: str = "inference",
-               dtype: str = "float32", warmup: int = 2, repeats: int = 10,
-               compile: bool = False, threads: int | None = None, seed: int = 0,
-               device: str | None = None) -> dict:
-    """Time the PyTorch reference of ``name``; same result keys as
+def run_native(name: str, *, warmup: int = 2, repeats: int = 10, **kwargs) -> dict:
+    """Time the PyTorch reference of ``name`` alone (see :func:`prepare_native`)."""
+    prepared = prepare_native(name, **kwargs)
+    if prepared.step is not None:
+        try:
+            timing = time_callable(prepared.step, items=prepared.result["batch_size"],
+                                   warmup=warmup, repeats=repeats, sync=prepared.sync)
+        except Exception as exc:  # noqa: BLE001
+            prepared.fail(exc)
+        else:
+            prepared.record(timing)
+    return prepared.result
+
+
+class _NativePrepared(Prepared):
+    def peak_device_memory(self):
+        import torch
+
+        if self.result["device_kind"] != "gpu":
+            return None
+        return int(torch.cuda.max_memory_allocated())
+
+
+def prepare_native(name: str, *, batch_size: int, image_size: int = 224,
+                   task: str = "inference", dtype: str = "float32", compile: bool = False,
+                   threads: int | None = None, seed: int = 0,
+                   device: str | None = None) -> Prepared:
+    """The PyTorch reference of ``name`` ready to time; same result keys as
     ``multinet.benchmark.run_benchmark`` (``implementation`` is
     ``"torch_eager"`` or ``"torch_compile"``)."""
     import torch
@@ -73,18 +96,16 @@ def run_native(name: str, *, batch_size: int, image_size: int = 224, task: str =
         "device_kind": "gpu" if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
     }
+    prepared = _NativePrepared(result)
     try:
-        result.update(_measure(torch, name, batch_size, image_size, task, dtype, warmup,
-                               repeats, compile, seed, device))
-        result["status"] = "ok"
+        prepared.step, prepared.sync = _prepare(torch, result, name, batch_size, image_size,
+                                                task, dtype, compile, seed, device)
     except Exception as exc:  # noqa: BLE001  (a failed config is a result)
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        result.update(status="unsupported" if dtype != "float32" else "error", error=message)
-    return result
+        prepared.fail(exc)
+    return prepared
 
 
-def _measure(torch, name, batch_size, image_size, task, dtype, warmup, repeats, compile,
-             seed, device):
+def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, seed, device):
     torch.manual_seed(seed)
     start = time.perf_counter()
     module = _reference().build(name).to(device)
@@ -95,7 +116,7 @@ def _measure(torch, name, batch_size, image_size, task, dtype, warmup, repeats, 
     if dtype == "bfloat16":
         module = module.to(torch.bfloat16)
         x = x.to(torch.bfloat16)
-    build_s = time.perf_counter() - start
+    result["build_s"] = time.perf_counter() - start
     forward = torch.compile(module) if compile else module
 
     def sync(value):
@@ -114,21 +135,18 @@ def _measure(torch, name, batch_size, image_size, task, dtype, warmup, repeats, 
         def step():
             with torch.inference_mode(), autocast_ctx():
                 return forward(x)
-    else:
-        module.train()
-        optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_ctx():
-                loss = loss_fn(forward(x), y)
-            loss.backward()
-            optimizer.step()
-            return loss
+        return step, sync
+    module.train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
 
-    timing = time_callable(step, items=batch_size, warmup=warmup, repeats=repeats, sync=sync)
-    out = {"build_s": build_s, **timing, "peak_rss_bytes": peak_rss_bytes()}
-    if device == "cuda":
-        out["peak_device_memory_bytes"] = int(torch.cuda.max_memory_allocated())
-    return out
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_ctx():
+            loss = loss_fn(forward(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return train_step, sync

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -27,10 +28,15 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import keras  # noqa: E402
 import native  # noqa: E402
 
 from multinet import backend  # noqa: E402
-from multinet.benchmark import environment, run_benchmark, summarize  # noqa: E402
+from multinet.benchmark import (  # noqa: E402
+    environment,
+    prepare_benchmark,
+    time_interleaved,
+)
 
 MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16")
 FORMATS = ("channels_last", "channels_first")
@@ -96,16 +102,13 @@ def configs(args):
                     yield model, task, batch, dtype
 
 
-def _merge_native(first, second):
-    """One baseline from the runs before and after multinet's (less drift)."""
-    if first.get("status") != "ok" or second.get("status") != "ok":
-        return first
-    merged = dict(first)
-    seconds = first["seconds"] + second["seconds"]
-    merged.update(summarize(seconds, first["batch_size"]))
-    merged["repeats"] = len(seconds)
-    merged["peak_rss_bytes"] = max(first["peak_rss_bytes"], second["peak_rss_bytes"])
-    return merged
+def paired_ratio(ours: dict, base: dict) -> float | None:
+    """Median over rounds of base seconds / our seconds: both were timed in
+    the same round, back to back, so load from other processes cancels."""
+    if ours.get("status") != "ok" or base.get("status") != "ok":
+        return None
+    ratios = [b / o for o, b in zip(ours["seconds"], base["seconds"])]
+    return statistics.median(ratios) if ratios else None
 
 
 def run(args) -> dict:
@@ -119,45 +122,47 @@ def run(args) -> dict:
     started = time.perf_counter()
     for model, task, batch, dtype in configs(args):
         mode = "train" if task == "train" else "inference"
-        common = dict(batch_size=batch, image_size=args.image_size, warmup=args.warmup,
-                      repeats=args.repeats)
-        half = dict(common, repeats=max(1, (args.repeats + 1) // 2))
+        common = dict(batch_size=batch, image_size=args.image_size)
         baselines = {}
         if use_native:
-            baselines["torch_eager"] = native.run_native(
-                model, task=mode, dtype=dtype, threads=threads, **half)
+            baselines["torch_eager"] = native.prepare_native(
+                model, task=mode, dtype=dtype, threads=threads, **common)
             if args.native_compile:
-                baselines["torch_compile"] = native.run_native(
+                baselines["torch_compile"] = native.prepare_native(
                     model, task=mode, dtype=dtype, threads=threads, compile=True, **common)
         calls = ["train_on_batch"] if mode == "train" else [
             c for c in args.calls if c == "compiled" or task == "throughput"]
         ours = []
         for data_format in args.formats:
+            built = None
             for call in calls:
                 print(f"[{backend.name()}] {model} {task} b{batch} {data_format} {dtype} "
                       f"{call}", file=sys.stderr, flush=True)
-                result = run_benchmark(model, task=mode, dtype=dtype, data_format=data_format,
-                                       call="compiled" if call == "train_on_batch" else call,
-                                       **common)
-                result["bench_task"] = task
-                ours.append(result)
-        if use_native:
-            again = native.run_native(model, task=mode, dtype=dtype, threads=threads, **half)
-            baselines["torch_eager"] = _merge_native(baselines["torch_eager"], again)
-        for result in baselines.values():
-            result["bench_task"] = task
+                prepared = prepare_benchmark(
+                    built or model, task=mode, dtype=dtype, data_format=data_format,
+                    call="compiled" if call == "train_on_batch" else call, **common)
+                prepared.result["model"] = model
+                prepared.result["dtype"] = dtype
+                built = built or prepared.model
+                ours.append(prepared)
+        everything = list(baselines.values()) + ours
+        time_interleaved(everything, items=batch, warmup=args.warmup, repeats=args.repeats)
+        for prepared in everything:
+            prepared.result["bench_task"] = task
+        for prepared in baselines.values():
+            results.append(prepared.result)
+        eager = baselines["torch_eager"].result if baselines else {}
+        for prepared in ours:
+            result = prepared.result
+            result["native_images_per_s"] = eager.get("images_per_s")
+            result["ratio_to_native"] = paired_ratio(result, eager)
+            if "torch_compile" in baselines:
+                result["ratio_to_torch_compile"] = paired_ratio(
+                    result, baselines["torch_compile"].result)
             results.append(result)
-        native_eager = baselines.get("torch_eager", {})
-        for result in ours:
-            ok = result.get("status") == "ok" and native_eager.get("status") == "ok"
-            result["native_images_per_s"] = native_eager.get("images_per_s")
-            result["ratio_to_native"] = (
-                result["images_per_s"] / native_eager["images_per_s"] if ok else None)
-            if "torch_compile" in baselines and baselines["torch_compile"]["status"] == "ok":
-                result["ratio_to_torch_compile"] = (
-                    result["images_per_s"] / baselines["torch_compile"]["images_per_s"]
-                    if result.get("status") == "ok" else None)
-            results.append(result)
+        del baselines, ours, everything
+        gc.collect()
+        keras.backend.clear_session()
     return {
         "schema": "multinet.benchmark.run/1",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -166,6 +171,9 @@ def run(args) -> dict:
         "native_baseline": ("torch_eager" if use_native else
                             "unavailable (PyTorch is not installed)"
                             if not native.available() else "skipped (--no-native)"),
+        "timing": ("interleaved: each round calls every configuration of a group once, "
+                   "in rotating order; ratio_to_native is the median over rounds of "
+                   "native seconds / multinet seconds"),
         "environment": {**environment(), "platform": platform.platform(),
                         "load_average_1min": _load_average()},
         "wall_s": round(time.perf_counter() - started, 1),

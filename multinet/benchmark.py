@@ -203,6 +203,56 @@ def run_benchmark(
     ``peak_device_memory_bytes``) and :func:`environment` (backend,
     versions, device name, threads).
     """
+    prepared = prepare_benchmark(model, batch_size=batch_size, image_size=image_size,
+                                 data_format=data_format, task=task, dtype=dtype, call=call,
+                                 seed=seed, **model_kwargs)
+    if prepared.step is not None:
+        try:
+            timing = time_callable(prepared.step, items=batch_size, warmup=warmup,
+                                   repeats=repeats, sync=prepared.sync)
+        except Exception as exc:  # noqa: BLE001  (a failed config is a result, not a crash)
+            prepared.fail(exc)
+        else:
+            prepared.record(timing)
+    return prepared.result
+
+
+class Prepared:
+    """A configuration ready to time: ``step()`` runs one call, ``sync`` waits
+    for it, ``result`` holds the configuration and, once :meth:`record` got
+    a timing, the figures. ``step`` is None if preparing failed (``result``
+    then has ``status`` "unsupported" or "error")."""
+
+    def __init__(self, result: dict, step=None, sync=None):
+        self.result, self.step, self.sync = result, step, sync
+        self.model = None  # the keras.Model, once built
+
+    def fail(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        unsupported = isinstance(exc, UnsupportedConfig) or (
+            self.result.get("dtype", "float32") != "float32" and _looks_unsupported(exc))
+        self.result.update(status="unsupported" if unsupported else "error", error=message)
+        self.step = None
+
+    def record(self, timing: dict) -> None:
+        """Store a :func:`time_callable`-style timing and the memory figures."""
+        self.result.update(timing)
+        self.result["peak_rss_bytes"] = peak_rss_bytes()
+        device_peak = self.peak_device_memory()
+        if device_peak is not None:
+            self.result["peak_device_memory_bytes"] = device_peak
+        self.result["status"] = "ok"
+
+    def peak_device_memory(self):
+        return backend.peak_device_memory()
+
+
+def prepare_benchmark(model, *, batch_size: int = 1, image_size: int = 224,
+                      data_format: str | None = None, task: str = "inference",
+                      dtype: str = "float32", call: str = "compiled", seed: int = 0,
+                      **model_kwargs) -> Prepared:
+    """Build what :func:`run_benchmark` times, without timing it (same
+    arguments); used to interleave several configurations call by call."""
     from multinet.layers import standardize_data_format
 
     data_format = standardize_data_format(data_format)
@@ -224,21 +274,15 @@ def run_benchmark(
         "call": call if task == "inference" else "train_on_batch",
         **environment(),
     }
+    prepared = Prepared(result)
     try:
-        result.update(_measure(model, batch_size=batch_size, image_size=image_size,
-                               data_format=data_format, task=task, dtype=dtype,
-                               warmup=warmup, repeats=repeats, call=call, seed=seed,
-                               model_kwargs=model_kwargs))
-        result["status"] = "ok"
-    except UnsupportedConfig as exc:
-        result.update(status="unsupported", error=str(exc))
+        prepared.step, prepared.sync = _prepare(
+            model, prepared, batch_size=batch_size, image_size=image_size,
+            data_format=data_format, task=task, dtype=dtype, call=call, seed=seed,
+            model_kwargs=model_kwargs)
     except Exception as exc:  # noqa: BLE001  (a failed config is a result, not a crash)
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        if dtype != "float32" and _looks_unsupported(exc):
-            result.update(status="unsupported", error=message)
-        else:
-            result.update(status="error", error=message)
-    return result
+        prepared.fail(exc)
+    return prepared
 
 
 def _looks_unsupported(exc: Exception) -> bool:
@@ -248,8 +292,9 @@ def _looks_unsupported(exc: Exception) -> bool:
         "no registered", "could not find", "bfloat16"))
 
 
-def _measure(model, *, batch_size, image_size, data_format, task, dtype, warmup, repeats,
-             call, seed, model_kwargs):
+def _prepare(model, prepared, *, batch_size, image_size, data_format, task, dtype, call, seed,
+             model_kwargs):
+    result = prepared.result
     backend.reset_peak_device_memory()
     start = time.perf_counter()
     if isinstance(model, str):
@@ -261,32 +306,54 @@ def _measure(model, *, batch_size, image_size, data_format, task, dtype, warmup,
         with dtype_policy(dtype):
             model = create_model(model, data_format=data_format,
                                  input_shape=_input_shape(image_size, data_format), **kwargs)
-    build_s = time.perf_counter() - start
+    result["build_s"] = time.perf_counter() - start
+    prepared.model = model
     images, labels = make_inputs(batch_size, image_size, data_format,
                                  classes=int(model.output_shape[-1]), seed=seed)
     if task == "inference":
         if call == "compiled":
             forward = backend.compile_inference(model)
             inputs = backend.to_device(images)
-            timing = time_callable(lambda: forward(inputs), items=batch_size, warmup=warmup,
-                                   repeats=repeats, sync=backend.block_until_ready)
-        else:
-            timing = time_callable(
-                lambda: model.predict(images, batch_size=batch_size, verbose=0),
-                items=batch_size, warmup=warmup, repeats=repeats)
-    else:
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=model.layers[-1].get_config().get("activation") in (None, "linear")),
-        )
-        timing = time_callable(lambda: model.train_on_batch(images, labels),
-                               items=batch_size, warmup=warmup, repeats=repeats)
-    out = {"build_s": build_s, **timing, "peak_rss_bytes": peak_rss_bytes()}
-    device_peak = backend.peak_device_memory()
-    if device_peak is not None:
-        out["peak_device_memory_bytes"] = device_peak
-    return out
+            return (lambda: forward(inputs)), backend.block_until_ready
+        return (lambda: model.predict(images, batch_size=batch_size, verbose=0)), None
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=model.layers[-1].get_config().get("activation") in (None, "linear")),
+    )
+    return (lambda: model.train_on_batch(images, labels)), None
+
+
+def time_interleaved(prepared: list[Prepared], *, items: int, warmup: int = 2,
+                     repeats: int = 10) -> None:
+    """Time several prepared configurations call by call, in rotating order,
+    so that load from other processes hits all of them alike; each one's
+    timing goes to its ``record``. A configuration that raises is recorded as
+    failed and dropped."""
+    live = [p for p in prepared if p.step is not None]
+    first = {}
+    for p in list(live):
+        sync = p.sync or (lambda value: value)
+        try:
+            start = time.perf_counter()
+            sync(p.step())
+            first[id(p)] = time.perf_counter() - start
+            for _ in range(max(warmup - 1, 0)):
+                sync(p.step())
+        except Exception as exc:  # noqa: BLE001
+            p.fail(exc)
+            live.remove(p)
+    seconds = {id(p): [] for p in live}
+    for round_index in range(repeats):
+        shift = round_index % max(len(live), 1)
+        for p in live[shift:] + live[:shift]:
+            sync = p.sync or (lambda value: value)
+            start = time.perf_counter()
+            sync(p.step())
+            seconds[id(p)].append(time.perf_counter() - start)
+    for p in live:
+        p.record({**summarize(seconds[id(p)], items), "first_call_s": first[id(p)],
+                  "warmup": warmup, "repeats": repeats})
 
 
 def _input_shape(image_size, data_format):
