@@ -99,13 +99,14 @@ def preprocess_input(x, mode: str | None = None, *, model=None, data_format: str
     shape = _shape_for(x.ndim, data_format)
 
     def const(values):
-        return np.asarray(values, dtype=dtype).reshape(shape)
+        array = np.asarray(values, dtype=dtype).reshape(shape)
+        return array if is_numpy else ops.convert_to_tensor(array)
 
     if mode == "tf":
-        return x / np.asarray(127.5, dtype) - np.asarray(1.0, dtype)
+        return x / 127.5 - 1.0
     if mode == "caffe":
         return flip(x, axis=axis) - const(CAFFE_MEAN_BGR)
-    return (x / np.asarray(255.0, dtype) - const(TORCH_MEAN)) / const(TORCH_STD)
+    return (x / 255.0 - const(TORCH_MEAN)) / const(TORCH_STD)
 
 
 def _resize_short_side(image, size: int, resample):

@@ -164,8 +164,8 @@ def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
     with zipfile.ZipFile(path, "w") as archive:  # the zip layout torch.save writes
         archive.writestr("weights/data.pkl", b"\x80\x02}q\x00.")
         archive.writestr("weights/version", b"3\n")
-    monkeypatch.setitem(__import__("sys").modules, "torch", None)
     model = build("squeezenet1_1", 64, "channels_last")
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
     with pytest.raises(ImportError, match=r"weights\.pth.*needs PyTorch.*safetensors"):
         multinet.load_weights(model, path)
 
