@@ -489,13 +489,20 @@ def _progress(total: int, show: bool):
 
 
 def cmd_predict(args) -> int:
+    from PIL import Image, UnidentifiedImageError
+
     from multinet.demo import image_options
 
-    for path in args.images:
+    for path in args.images:  # before the model is built (or its weights downloaded)
         if not os.path.exists(path):
             raise CommandError(f"image file not found: {path}")
         if not os.path.isfile(path):
             raise CommandError(f"image path is not a file: {path}")
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018  (the header is read)
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise CommandError(f"cannot read image {path}: {_one_line(error)}") from None
     spec = model_spec(args.model)
     data_format = args.data_format or keras.config.image_data_format()
     model, preprocessing, source = _build_for_predict(spec, args.weights, data_format)
@@ -779,9 +786,13 @@ def cmd_doctor(args) -> int:
     rows.append(("data format", f"{fmt} (from {origin})"))
     folder = cache_dir()
     files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
-    rows.append(("weights cache", f"{folder} ({len(files)} file{'s' * (len(files) != 1)}"
-                 f"{', ' + _human_size(sum(p.stat().st_size for p in files)) if files else ''})"
-                 + ("" if folder.is_dir() else ", not created yet")))
+    if not folder.is_dir():
+        content = "not created yet"
+    else:
+        content = f"{len(files)} file{'s' * (len(files) != 1)}"
+        if files:
+            content += f", {_human_size(sum(p.stat().st_size for p in files))}"
+    rows.append(("weights cache", f"{folder} ({content})"))
     known = {}
     for name in multinet.list_models():
         spec = multinet.get_model_spec(name)
