@@ -24,8 +24,9 @@ import weight_fixtures as wf  # noqa: E402
 
 def reference_outputs(name: str, size: int, state: dict | None = None) -> np.ndarray:
     state = wf.torchvision_state_dict(name) if state is None else state
-    module = torch_reference.build(name)
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    with torch.device("meta"):  # no random initialization: the state replaces it
+        module = torch_reference.build(name)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, assign=True)
     with torch.inference_mode():
         return module(torch.from_numpy(wf.inputs_nchw(size))).numpy()
 

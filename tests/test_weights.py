@@ -116,15 +116,23 @@ def test_torchvision_vgg(name, data_format):
     assert rel_error(out, reference(name, 224)) < TOL
 
 
+@functools.lru_cache(maxsize=2)
+def torch_module_and_output(name, size):
+    """A reference module with PyTorch's own random initialization, and its output."""
+    import torch
+    import torch_reference
+
+    module = torch_reference.build(name)
+    with torch.inference_mode():
+        return module, module(torch.from_numpy(wf.inputs_nchw(size))).numpy()
+
+
 @pytest.mark.parametrize("data_format", FORMATS)
 def test_torch_pth_and_module_state_dict(data_format, tmp_path):
     torch = pytest.importorskip("torch")
-    import torch_reference
 
-    module = torch_reference.build("squeezenet1_1")  # torch's own random init
+    module, expected = torch_module_and_output("squeezenet1_1", 227)
     x = wf.inputs_nchw(227)
-    with torch.inference_mode():
-        expected = module(torch.from_numpy(x)).numpy()
     path = tmp_path / "squeezenet1_1-custom.pth"
     torch.save(module.state_dict(), path)
     wrapped = tmp_path / "checkpoint.pt"
@@ -135,9 +143,7 @@ def test_torch_pth_and_module_state_dict(data_format, tmp_path):
         out = run(model, wf.to_format(x, data_format))
         assert rel_error(out, expected) < TOL
     # The VGG flatten permutation, with a real torch module's state dict.
-    vgg = torch_reference.build("vgg11")
-    with torch.inference_mode():
-        expected = vgg(torch.from_numpy(wf.inputs_nchw(224))).numpy()
+    vgg, expected = torch_module_and_output("vgg11", 224)
     model = build("vgg11", 224, data_format)
     multinet.load_weights(model, vgg.state_dict())
     out = run(model, wf.to_format(wf.inputs_nchw(224), data_format))
