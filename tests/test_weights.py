@@ -317,7 +317,9 @@ def test_classes_mismatch_and_skip_mismatch():
     assert_unchanged(model, before)
     report = multinet.load_weights(model, state, skip_mismatch=True)
     assert list(report.skipped) == ["conv10"] and len(report.loaded) == 25
-    assert "conv10" in str(report)
+    assert report.skipped["conv10"] == ("shape mismatch, expected (1, 1, 512, 10), (10,), "
+                                        "found (1, 1, 512, 1000), (1000,) (file: classifier.1)")
+    assert "conv10: shape mismatch" in str(report)
     np.testing.assert_array_equal(model.get_layer("conv1").kernel,
                                   state["features.0.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(model.get_layer("conv10").kernel, before[-2])

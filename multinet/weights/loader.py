@@ -178,12 +178,14 @@ def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool)
             continue
         got = [tuple(a.shape) for a in arrays]
         if got != expected:
-            message = (f"{found.label(name)}: shape mismatch, expected {format_shapes(expected)}"
-                       f", found {format_shapes(got)}")
+            reason = (f"shape mismatch, expected {format_shapes(expected)}, "
+                      f"found {format_shapes(got)}")
             if skip_mismatch:
-                report.skipped[name] = message.split(": ", 1)[1]
+                origin = found.labels.get(name)
+                where = f" (file: {origin})" if origin and origin != name else ""
+                report.skipped[name] = reason + where
             else:
-                problems.append(message)
+                problems.append(f"{found.label(name)}: {reason}")
             continue
         plan.append((name, variables, arrays))
     for name, arrays in found.tensors.items():
