@@ -213,6 +213,13 @@ def test_legacy_model_weights_group_and_chunked_names(keras_squeezenet_file, tmp
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(b.get_layer("fire4_expand3x3").kernel,
                                   dict(layers)["fire4/expand3x3"][0])
+    # A legacy file named like a Keras 3 file is still read as what it is.
+    renamed = tmp_path / "legacy.weights.h5"
+    renamed.write_bytes(path.read_bytes())
+    c = build("squeezenet1_1", 64, "channels_last", ceil_mode=False)
+    assert multinet.load_weights(c, renamed).layout == "keras_legacy_h5"
+    for x, y in zip(a.get_weights(), c.get_weights()):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_include_top_false_skips_only_the_head(keras_squeezenet_file):
