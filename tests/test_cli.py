@@ -112,6 +112,34 @@ def fails(result, *fragments, status=None):
     return errors[0]
 
 
+@pytest.fixture
+def offline(monkeypatch, files):
+    """In-process calls of ``cli.main`` see the same environment as the subprocesses."""
+    monkeypatch.setenv("KERAS_HOME", str(files / "keras_home"))
+    monkeypatch.setenv("MULTINET_OFFLINE", "1")
+    monkeypatch.delenv("MULTINET_WEIGHTS_MIRROR", raising=False)
+
+
+def call(capsys, *args):
+    """``cli.main`` in this process: (status, stdout, stderr)."""
+    try:
+        status = cli.main([str(a) for a in args])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def fails_here(capsys, *args, status=None, contains=()):
+    code, out, err = call(capsys, *args)
+    assert code != 0 and (status is None or code == status), out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0], err
+    for fragment in contains:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def expected_top(weights_path, image, *, preprocessing, size, top=5, **options):
     """The pipeline predict documents, run in this process."""
     model = multinet.create_model("squeezenet1_1", input_shape=(size, size, 3), **options)
@@ -125,13 +153,14 @@ def expected_top(weights_path, image, *, preprocessing, size, top=5, **options):
 # --- the commands ---------------------------------------------------------------
 
 
-def test_help_version_and_python_m(env):
-    out = ok(run(env, "--help"))
-    for name in ("list", "info", "predict", "convert", "bench", "doctor", "demo"):
-        assert name in out
+def test_python_m_version_and_help(env, capsys):
     out = ok(subprocess.run([sys.executable, "-m", "multinet", "--version"], env=env,
                             capture_output=True, text=True, timeout=300))
     assert out.strip() == f"multinet {multinet.__version__} (Keras {keras.__version__})"
+    status, out, _ = call(capsys, "--help")
+    assert status == 0
+    for name in ("list", "info", "predict", "convert", "bench", "doctor", "demo"):
+        assert re.search(rf"^\s+{name}\s+\S", out, re.M), name
 
 
 def test_list(env):
@@ -141,9 +170,18 @@ def test_list(env):
     assert "1,235,496" in rows["squeezenet1_1"] and "224x224" in rows["squeezenet1_1"]
     assert "torchvision*" in rows["squeezenet1_1"] and "keras-squeezenet" in rows["squeezenet1_1"]
     assert "keras*" in rows["vgg16"] and "138,357,544" in rows["vgg16"]
-    data = json.loads(ok(run(env, "list", "vgg1*", "--json")))
+
+
+def test_list_json_and_patterns(offline, capsys):
+    status, out, _ = call(capsys, "list", "vgg1*", "--json")
+    assert status == 0
+    data = json.loads(out)
     assert [d["name"] for d in data] == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert data[2]["parameters"] == 138_357_544 and data[2]["default_weights"] == "keras"
+    status, out, _ = call(capsys, "list", "squeeze")  # no wildcard: a substring
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["squeezenet1_0",
+                                                                  "squeezenet1_1"]
+    fails_here(capsys, "list", "resnet*", contains=["no model matches 'resnet*'"])
 
 
 def test_info(env, files):
@@ -158,7 +196,12 @@ def test_info(env, files):
     cached = files / "keras_home" / "models" / "squeezenet_weights_tf_dim_ordering_tf_kernels.h5"
     assert f"yes, {cached}" in out
     assert re.search(r"keras-squeezenet: .*\n(.*\n)*?\s+preprocessing\s+caffe", out)
-    data = json.loads(ok(run(env, "info", "vgg16", "--json")))
+
+
+def test_info_json(offline, capsys):
+    status, out, _ = call(capsys, "info", "vgg16", "--json")
+    assert status == 0
+    data = json.loads(out)
     keras_entry = data["weights"][0]
     assert keras_entry["name"] == "keras" and keras_entry["default"]
     assert keras_entry["file"]["hash"] == "64373286793e3c8b2b4e3219cbf3544b"
@@ -194,7 +237,7 @@ def test_predict_matches_the_documented_pipeline(env, files):
     result = run(env, "predict", *images, "-m", "squeezenet1_1", "-w", weights, "--top", "3",
                  "--batch-size", "3", "--json")
     data = json.loads(ok(result))
-    assert data["data_format"] == keras.config.image_data_format()
+    assert data["data_format"] == "channels_last"  # Keras' default
     for item in data["predictions"]:  # opaque RGBA is the same picture as the JPEG
         assert [r["label"] for r in item["top"]] == labels
         np.testing.assert_allclose([r["score"] for r in item["top"]], scores, rtol=1e-3,
@@ -222,10 +265,15 @@ def test_predict_from_cached_entry_and_random(env, files):
     labels = re.findall(r"%\s+(\S+) \(n\d+\)", out)
     assert labels == [label for _, label, _ in expected]
 
-    result = run(env, "predict", CAT, "-m", "squeezenet1_1", "-w", "random", "--top", "1")
-    out = ok(result)
-    assert "RANDOM weights" in out
-    assert "warning: squeezenet1_1 has RANDOM weights" in result.stderr
+
+
+def test_predict_random_weights_warns(offline, capsys):
+    status, out, err = call(capsys, "predict", CAT, "-m", "squeezenet1_1", "-w", "random",
+                            "--top", "1", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert data["random_weights"] is True and len(data["predictions"][0]["top"]) == 1
+    assert "warning: squeezenet1_1 has RANDOM weights (-w random)" in err
 
 
 def test_convert_legacy_and_torchvision(env, files, tmp_path):
@@ -250,17 +298,29 @@ def test_convert_legacy_and_torchvision(env, files, tmp_path):
                                                                           227)
     assert info["arch_options"] == {"ceil_mode": False}
 
-    dst2 = tmp_path / "torchvision.weights.h5"
-    out = ok(run(env, "convert", files / "seeded.safetensors", dst2, "-m", "squeezenet1_1"))
+
+
+def test_convert_torchvision_and_mistakes(offline, files, tmp_path, capsys):
+    dst = tmp_path / "torchvision.weights.h5"
+    status, out, _ = call(capsys, "convert", files / "seeded.safetensors", dst, "-m",
+                          "squeezenet1_1")
+    assert status == 0
     assert "safetensors layout, 26 layers" in out
     assert re.search(r"features\.0 -> conv1\s+\(3, 3, 3, 64\)", out)
     assert re.search(r"classifier\.1 -> conv10\s+\(1, 1, 512, 1000\)", out)
-    fails(run(env, "convert", files / "seeded.safetensors", dst2, "-m", "squeezenet1_1"),
-          "exists; pass --force")
-    fails(run(env, "convert", files / "seeded.safetensors", tmp_path / "x.h5", "-m",
-              "squeezenet1_1"), "must end in .weights.h5")
-    fails(run(env, "predict", CAT, "-m", "squeezenet1_0", "-w", dst2),
-          "converted for squeezenet1_1, not squeezenet1_0")
+    info = cli.describe_weights_file(multinet.get_model_spec("squeezenet1_1"), str(dst))
+    assert (info["preprocessing"], info["input_size"]) == ("torch", 224)
+    fails_here(capsys, "convert", files / "seeded.safetensors", dst, "-m", "squeezenet1_1",
+               contains=["exists; pass --force"])
+    fails_here(capsys, "convert", files / "seeded.safetensors", tmp_path / "x.h5", "-m",
+               "squeezenet1_1", contains=["must end in .weights.h5"])
+    fails_here(capsys, "predict", CAT, "-m", "squeezenet1_0", "-w", dst,
+               contains=["converted for squeezenet1_1, not squeezenet1_0"])
+    fails_here(capsys, "convert", files / "squeezenet1_0.safetensors", tmp_path /
+               "y.weights.h5", "-m", "squeezenet1_1", contains=["shape mismatch",
+                                                                 "another model"])
+    assert not (tmp_path / "y.weights.h5").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["torchvision.weights.h5"]  # no leftovers
 
 
 def test_bench(env):
@@ -278,23 +338,22 @@ def test_bench(env):
 
 def test_doctor(env, files, tmp_path):
     home = tmp_path / "home"
-    home.mkdir()
+    (home / "models").mkdir(parents=True)
     (home / "keras.json").write_text(json.dumps({"image_data_format": "channels_first"}))
-    result = run(env, "doctor")
-    out = ok(result)
+    cached = files / "keras_home" / "models" / "squeezenet_weights_tf_dim_ordering_tf_kernels.h5"
+    (home / "models" / cached.name).write_bytes(cached.read_bytes())
+    out = ok(run(dict(env, KERAS_HOME=str(home)), "doctor"))
     assert re.search(rf"^backend\s+{backend.name()} \S+ \(from KERAS_BACKEND\)", out, re.M)
     assert re.search(rf"{backend.name()} {re.escape(backend.framework_version())}", out)
-    for name in ("tensorflow", "jax", "torch"):
-        assert name in out.split("installed", 1)[1].splitlines()[0]
+    installed = re.search(r"^installed\s+(.*)$", out, re.M).group(1)
+    assert all(name in installed for name in ("tensorflow", "jax", "torch"))
+    assert f"{backend.name()} (not installed)" not in installed
     assert re.search(r"^devices\s+(CPU only|GPU)", out, re.M)
-    assert f"weights cache {files / 'keras_home' / 'models'} (1 file" in out
-    assert "squeezenet_weights_tf_dim_ordering_tf_kernels.h5" in out
-    assert "squeezenet1_1/keras-squeezenet" in out
-    assert re.search(r"self-check .* max output difference \S+: PASS", out)
-
-    out = ok(run(dict(env, KERAS_HOME=str(home)), "doctor"))
     assert f"channels_first (from {home / 'keras.json'})" in out
-    assert f"weights cache {home / 'models'} (not created yet)" in out
+    assert f"weights cache {home / 'models'} (1 file, 4.9 MiB)" in out
+    assert re.search(r"squeezenet_weights_tf_dim_ordering_tf_kernels.h5 .* "
+                     r"squeezenet1_1/keras-squeezenet", out)
+    assert re.search(r"self-check .* max output difference \S+: PASS", out)
 
 
 def test_doctor_fails_when_the_formats_disagree(monkeypatch, capsys):
@@ -328,30 +387,41 @@ def test_demo(env):
 # --- mistakes: one line on stderr, a non-zero status, no traceback -------------------
 
 
-def test_missing_and_corrupt_images(env, files):
+def test_missing_image(env, files):
     fails(run(env, "predict", files / "nope.jpg", "-m", "squeezenet1_1", "-w", "random"),
           "image file not found:", "nope.jpg")
-    fails(run(env, "predict", files / "broken.jpg", "-m", "squeezenet1_1", "-w", "random"),
-          "cannot read image", "broken.jpg")
 
 
-def test_unknown_model_suggests_close_names(env):
+def test_unknown_model_suggests_close_names(env, offline, capsys):
     line = fails(run(env, "predict", CAT, "-m", "squeezenet11"), "unknown model 'squeezenet11'")
     assert "did you mean squeezenet1_1, squeezenet1_0?" in line
-    line = fails(run(env, "info", "vgg61"), "unknown model 'vgg61'", "did you mean")
+    line = fails_here(capsys, "info", "vgg61", contains=["unknown model 'vgg61'",
+                                                         "did you mean"])
     assert "vgg16" in line
 
 
-def test_weights_for_another_model_or_corrupt(env, files):
+def test_weights_for_another_model(env, files):
     other = files / "squeezenet1_0.safetensors"
     fails(run(env, "predict", CAT, "-m", "squeezenet1_1", "-w", other),
           "cannot load weights", "conv1", "shape mismatch", "another model")
+
+
+def test_corrupt_weights_file(env, files):
     fails(run(env, "predict", CAT, "-m", "squeezenet1_1", "-w", files / "garbage.pth"),
           "cannot read weights file", "unrecognized weights format")
-    fails(run(env, "convert", files / "truncated.h5", files / "t.weights.h5", "-m",
-              "squeezenet1_1"), "truncated.h5")
-    fails(run(env, "predict", CAT, "-m", "squeezenet1_1", "-w", files / "missing.pth"),
-          "weights file not found")
+
+
+def test_corrupt_inputs_in_process(offline, files, capsys):
+    fails_here(capsys, "predict", files / "broken.jpg", "-m", "squeezenet1_1", "-w", "random",
+               contains=["cannot read image", "broken.jpg"])
+    fails_here(capsys, "predict", CAT, files / "garbage.pth", "-m", "squeezenet1_1", "-w",
+               "random", contains=["cannot read image", "garbage.pth"])
+    fails_here(capsys, "convert", files / "truncated.h5", files / "t.weights.h5", "-m",
+               "squeezenet1_1", contains=["truncated.h5"])
+    fails_here(capsys, "predict", CAT, "-m", "squeezenet1_1", "-w", files / "missing.pth",
+               contains=["weights file not found"])
+    fails_here(capsys, "predict", CAT, "-m", "squeezenet1_1", "-w", "imagenet1k",
+               contains=["unknown weights 'imagenet1k'", "keras-squeezenet", "'random'"])
 
 
 def test_offline_without_the_file(env):
@@ -360,23 +430,27 @@ def test_offline_without_the_file(env):
     assert "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth" in line
 
 
-def test_bad_numbers_exit_2(env):
+def test_bad_number_exits_2(env):
     fails(run(env, "predict", CAT, "-m", "squeezenet1_1", "--top", "0"),
           "argument --top", "'0'", status=2)
-    fails(run(env, "predict", CAT, "-m", "squeezenet1_1", "--batch-size", "x"),
-          "argument --batch-size", "'x'", status=2)
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--top", "0"), ("--top", "-3"), ("--top", "2.5"), ("--top", "1001"),
-    ("--batch-size", "0"), ("--batch-size", "-1"), ("--batch-size", "four"),
+@pytest.mark.parametrize("args", [
+    ("predict", CAT, "-m", "squeezenet1_1", "--top", "0"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--top", "-3"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--top", "2.5"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--top", "1001"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--batch-size", "0"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--batch-size", "-1"),
+    ("predict", CAT, "-m", "squeezenet1_1", "--batch-size", "four"),
+    ("bench", "-m", "squeezenet1_1", "--repeats", "0"),
+    ("bench", "-m", "squeezenet1_1", "--repeats", "-2"),
+    ("demo", "--epochs", "0"),
 ])
-def test_bad_numbers_in_process(option, value, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["predict", str(CAT), "-m", "squeezenet1_1", option, value])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"argument {option}" in lines[0] and value in lines[0]
+def test_bad_numbers_in_process(args, capsys):
+    option, value = args[-2], args[-1]
+    line = fails_here(capsys, *args, status=2, contains=[f"argument {option}", value])
+    assert line.startswith(f"multinet {args[0]}: error: ")
 
 
 def test_debug_shows_the_traceback(env):
