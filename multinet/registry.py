@@ -48,6 +48,25 @@ class WeightsSpec:
         return self.notop_url.rsplit("/", 1)[-1] if self.notop_url else None
 
 
+TORCHVISION_ORIGIN = "https://download.pytorch.org/models/"
+
+
+def torchvision_weights(filename: str, **kwargs) -> WeightsSpec:
+    """The entry for a torchvision ImageNet checkpoint such as ``vgg16-397923af.pth``,
+    whose name carries the start of the file's sha256."""
+    return WeightsSpec(
+        name="torchvision",
+        url=TORCHVISION_ORIGIN + filename,
+        file_hash=filename.rsplit("-", 1)[1].split(".")[0],
+        hash_algorithm="sha256",
+        layout="torchvision",
+        preprocessing="torch",
+        input_size=224,
+        description="torchvision IMAGENET1K_V1",
+        **kwargs,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What the registry knows about one model."""

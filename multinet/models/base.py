@@ -22,6 +22,17 @@ def min_input_size(output_size: Callable[[int], int | None], limit: int = 1024) 
     raise ValueError("no valid input size below the limit")
 
 
+def check_rate(model_name: str, option: str, value) -> float:
+    """A dropout-like rate in [0, 1), or a ValueError naming the model and option."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{model_name}: {option} must be in [0, 1), got {value!r}")
+    return rate
+
+
 def _format_shape(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 

@@ -13,8 +13,8 @@ import functools
 import keras
 
 from multinet import layers
-from multinet.models.base import build_model, make_constructor, min_input_size
-from multinet.registry import ModelSpec, WeightsSpec, register_model
+from multinet.models.base import build_model, check_rate, make_constructor, min_input_size
+from multinet.registry import ModelSpec, WeightsSpec, register_model, torchvision_weights
 
 # Per variant: first conv (filters, kernel), then the feature stack, where an
 # int is a Fire module's (squeeze, expand) row index and "pool" a 3x3/2 pool.
@@ -34,7 +34,6 @@ VARIANTS = {
 }
 DEFAULT_SIZE = 224
 
-_TORCH_ORIGIN = "https://download.pytorch.org/models/"
 _TORCH_FILES = {
     "squeezenet1_0": "squeezenet1_0-b66bff10.pth",
     "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
@@ -110,12 +109,11 @@ def _classifier(x, fmt, classes, activation, dropout):
 def _build(variant, *, include_top, input_tensor, input_shape, pooling, classes,
            classifier_activation, data_format, has_weights=False, ceil_mode=True,
            dropout=0.5, compute_format=None, default_size=DEFAULT_SIZE, name=None):
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"{variant}: dropout must be in [0, 1), got {dropout!r}")
+    dropout = check_rate(variant, "dropout", dropout)
     return build_model(
         variant,
         features=functools.partial(_features, variant=variant, ceil_mode=bool(ceil_mode)),
-        classifier=functools.partial(_classifier, dropout=float(dropout)),
+        classifier=functools.partial(_classifier, dropout=dropout),
         include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
         pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         data_format=data_format, compute_format=compute_format,
@@ -132,17 +130,7 @@ def _min_size(variant, ceil_mode):
 
 
 def _weights(variant):
-    entries = [WeightsSpec(
-        name="torchvision",
-        url=_TORCH_ORIGIN + _TORCH_FILES[variant],
-        file_hash=_TORCH_FILES[variant].rsplit("-", 1)[1].split(".")[0],
-        hash_algorithm="sha256",
-        layout="torchvision",
-        preprocessing="torch",
-        input_size=224,
-        arch_options={"ceil_mode": True},
-        description="torchvision IMAGENET1K_V1",
-    )]
+    entries = [torchvision_weights(_TORCH_FILES[variant], arch_options={"ceil_mode": True})]
     if variant == "squeezenet1_1":
         entries.append(WeightsSpec(
             name="keras-squeezenet",

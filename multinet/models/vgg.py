@@ -13,8 +13,8 @@ import functools
 import keras
 
 from multinet import layers
-from multinet.models.base import build_model, make_constructor, min_input_size
-from multinet.registry import ModelSpec, WeightsSpec, register_model
+from multinet.models.base import build_model, check_rate, make_constructor, min_input_size
+from multinet.registry import ModelSpec, WeightsSpec, register_model, torchvision_weights
 
 # Convolutions per block for each variant; the widths are shared.
 DEPTHS = {
@@ -34,7 +34,6 @@ PARAMS = {
 }
 
 _KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/keras-applications/"
-_TORCH_ORIGIN = "https://download.pytorch.org/models/"
 _TORCH_FILES = {
     "vgg11": "vgg11-8a719046.pth",
     "vgg13": "vgg13-19584684.pth",
@@ -81,12 +80,11 @@ def _classifier(x, fmt, classes, activation, dropout):
 def _build(variant, *, include_top, input_tensor, input_shape, pooling, classes,
            classifier_activation, data_format, has_weights=False, dropout=0.0,
            compute_format=None, default_size=TOP_SIZE, name=None):
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"{variant}: dropout must be in [0, 1), got {dropout!r}")
+    dropout = check_rate(variant, "dropout", dropout)
     return build_model(
         variant,
         features=functools.partial(_features, depths=DEPTHS[variant]),
-        classifier=functools.partial(_classifier, dropout=float(dropout)),
+        classifier=functools.partial(_classifier, dropout=dropout),
         include_top=include_top, input_tensor=input_tensor, input_shape=input_shape,
         pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         data_format=data_format, compute_format=compute_format,
@@ -96,18 +94,7 @@ def _build(variant, *, include_top, input_tensor, input_shape, pooling, classes,
 
 
 def _weights(variant):
-    entries = [
-        WeightsSpec(
-            name="torchvision",
-            url=_TORCH_ORIGIN + _TORCH_FILES[variant],
-            file_hash=_TORCH_FILES[variant].rsplit("-", 1)[1].split(".")[0],
-            hash_algorithm="sha256",
-            layout="torchvision",
-            preprocessing="torch",
-            input_size=224,
-            description="torchvision IMAGENET1K_V1",
-        )
-    ]
+    entries = [torchvision_weights(_TORCH_FILES[variant])]
     if variant in _KERAS_HASHES:
         top_hash, notop_hash = _KERAS_HASHES[variant]
         base = f"{_KERAS_ORIGIN}{variant}/{variant}_weights_tf_dim_ordering_tf_kernels"
