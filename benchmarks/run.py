@@ -58,12 +58,15 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", default=",".join(DTYPES),
                         help="float32 runs every task; bfloat16 and mixed_bfloat16 run the "
                              "throughput task")
+    parser.add_argument("--lowp-models", default="squeezenet1_1",
+                        help="models that also run bfloat16 and mixed_bfloat16 (CPU "
+                             "bfloat16 is slow; keep full runs short)")
     parser.add_argument("--calls", default=",".join(CALLS),
                         help="inference call paths: compiled (multinet.compile_inference), "
                              "predict (model.predict); predict runs the throughput task")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: squeezenet1_1 only, 32x32 inputs, batch 2, "
                              "1 warm-up and 2 timed calls")
@@ -72,7 +75,7 @@ def parse_args(argv=None):
                         help="also time the baseline through torch.compile")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     args = parser.parse_args(argv)
-    for key in ("models", "tasks", "formats", "dtypes", "calls"):
+    for key in ("models", "tasks", "formats", "dtypes", "calls", "lowp_models"):
         setattr(args, key, [v for v in getattr(args, key).split(",") if v])
     _check(args.tasks, TASKS, "task")
     _check(args.formats, FORMATS, "format")
@@ -96,7 +99,9 @@ def configs(args):
     for model in args.models:
         for task in args.tasks:
             batch = 1 if task == "latency" else (2 if args.quick else BATCH.get(model, 8))
-            dtypes = args.dtypes if task == "throughput" else ["float32"]
+            dtypes = ["float32"]
+            if task == "throughput" and (args.quick or model in args.lowp_models):
+                dtypes += [d for d in DTYPES if d != "float32"]
             for dtype in dtypes:
                 if dtype in args.dtypes:
                     yield model, task, batch, dtype
@@ -131,7 +136,8 @@ def run(args) -> dict:
                 baselines["torch_compile"] = native.prepare_native(
                     model, task=mode, dtype=dtype, threads=threads, compile=True, **common)
         calls = ["train_on_batch"] if mode == "train" else [
-            c for c in args.calls if c == "compiled" or task == "throughput"]
+            c for c in args.calls
+            if c == "compiled" or (task == "throughput" and dtype == "float32")]
         ours = []
         for data_format in args.formats:
             built = None

@@ -322,9 +322,11 @@ def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_
     PyTorch only (channels_first, 'valid' padding, or 'same' padding with
     stride 1 and odd kernels, where it is symmetric): ``torch.nn.functional.
     conv2d`` with the bias fused in and the padding passed to the kernel (no
-    separate pad, add or transpose of the batch), and, with autograd off
-    (inference), an in-place ReLU on the fresh output. The other backends
-    compile the layer into one fused kernel already, so they return None and
+    separate pad, add or transpose of the batch), on a CPU with the batch
+    stored channels_last in memory (``torch.channels_last``: same NCHW shape
+    and values, the layout oneDNN's kernels are fastest in), and, with
+    autograd off (inference), an in-place ReLU on the fresh output. The
+    other backends compile the layer into one fused kernel already, so they return None and
     the caller takes the ``keras.ops`` path.
     """
     if name() != "torch" or data_format != CHANNELS_FIRST:
@@ -344,6 +346,10 @@ def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_
     weight = keras.ops.convert_to_tensor(kernel)
     if x.dtype != weight.dtype:
         return None
+    if x.device.type == "cpu" and not x.is_contiguous(memory_format=torch.channels_last):
+        # oneDNN's CPU convolutions run faster on NHWC memory: store the batch
+        # so once (the shape stays NCHW); later layers keep that memory format.
+        x = x.contiguous(memory_format=torch.channels_last)
     # Keras keeps kernels HWIO; PyTorch wants OIHW (a view, no copy here).
     weight = weight.permute(3, 2, 0, 1)
     if bias is not None:
