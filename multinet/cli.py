@@ -406,7 +406,7 @@ def cmd_info(args) -> int:
         ("family", spec.family),
         ("parameters", f"{spec.num_params:,} (with the 1000-class top)"),
         ("default input", f"{spec.default_size}x{spec.default_size} RGB"),
-        ("minimum input", f"{spec.min_size}x{spec.min_size} (include_top=False)"),
+        ("minimum input", f"{spec.min_size}x{spec.min_size}"),
         ("data formats", ", ".join(backend.DATA_FORMATS)),
         ("options", ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-"),
     ]
@@ -846,7 +846,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _err(f"{prog}: interrupted")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`multinet list | head -1`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except Exception as error:
         if args.debug:

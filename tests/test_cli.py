@@ -356,7 +356,7 @@ def test_doctor(env, files, tmp_path):
     assert re.search(r"self-check .* max output difference \S+: PASS", out)
 
 
-def test_doctor_fails_when_the_formats_disagree(monkeypatch, capsys):
+def test_doctor_fails_when_the_formats_disagree(offline, monkeypatch, capsys):
     monkeypatch.setattr(cli, "self_check", lambda: (False, 0.25))
     assert cli.main(["doctor"]) == 1
     captured = capsys.readouterr()
