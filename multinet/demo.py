@@ -146,30 +146,38 @@ def _offline():
 
 
 def classify_cat(say, fmt: str) -> dict:
-    """squeezenet1_1 on the shipped cat photo: pretrained if cached, else random."""
+    """squeezenet1_1 on the shipped cat photo: with the first of its pretrained
+    weights entries found in the cache (the default one first), else random."""
     import multinet
-    from multinet.weights import WeightsLoadError, WeightsUnavailableError, cache_dir
+    from multinet.weights import WeightsLoadError, WeightsUnavailableError, cache_dir, cached_path
 
     name = "squeezenet1_1"
-    entry = multinet.get_model_spec(name).get_weights("imagenet")
-    model, problem = None, None
+    spec = multinet.get_model_spec(name)
+    default = spec.get_weights("imagenet")
+    entries = [default] + [e for e in spec.weights if e is not default]
+    model, entry, problems = None, default, []
     with _offline():
-        try:
-            model = multinet.create_model(name, weights="imagenet", data_format=fmt)
-        except (WeightsUnavailableError, WeightsLoadError) as error:
-            problem = str(error)
+        for candidate in entries:
+            if cached_path(candidate) is None:
+                continue
+            try:
+                model = multinet.create_model(name, weights=candidate.name, data_format=fmt)
+            except (WeightsUnavailableError, WeightsLoadError) as error:
+                problems.append(f"{candidate.filename}: {' '.join(str(error).split())}")
+                continue
+            entry = candidate
+            break
     pretrained = model is not None
     if pretrained:
-        say(f"    {name} with its pretrained {entry.name!r} weights from the cache "
-            f"({cache_dir()})")
+        say(f"    {name} with its pretrained {entry.name!r} weights ({entry.description}), "
+            f"read from the cache {cache_dir()}:")
     else:
         model = multinet.create_model(name, data_format=fmt)
-        say(f"    No pretrained {name} weights are available offline: "
-            f"{entry.filename} is not in {cache_dir()}"
-            + (" (or is not the published file)" if "expected" in (problem or "") else "")
+        say(f"    No pretrained {name} weights are available offline: {default.filename} is "
+            f"not in {cache_dir()}" + (" or is not the published file" if problems else "")
             + ".")
         say(f"    To get them, run once with network access: multinet predict IMAGE -m {name}"
-            f" -w imagenet; or download {entry.url} into that folder.")
+            f" -w imagenet; or download {default.url} into that folder.")
         say("    With RANDOM weights instead, the labels below mean nothing:")
     path = str(resources.files("multinet").joinpath("data", "cat.jpg"))
     image = multinet.load_image(path, data_format=fmt,
@@ -179,7 +187,8 @@ def classify_cat(say, fmt: str) -> dict:
     top = multinet.decode_predictions(preds, top=3)[0]
     for _, label, score in top:
         say(f"      {score:7.2%}  {label}")
-    return {"pretrained": pretrained, "top": [(label, float(p)) for _, label, p in top]}
+    return {"pretrained": pretrained, "weights": entry.name if pretrained else None,
+            "top": [(label, float(p)) for _, label, p in top]}
 
 
 def images_per_second(forward, x, repeats: int) -> float:

@@ -365,7 +365,7 @@ def test_doctor_fails_when_the_formats_disagree(offline, monkeypatch, capsys):
                                          "data formats")
 
 
-def test_demo(env):
+def test_demo(env, files):
     """The full demo, as a user runs it, within its time budget."""
     result = run(env, "demo")
     out = ok(result)
@@ -374,14 +374,35 @@ def test_demo(env):
     accuracy = float(re.search(r"test accuracy: (\S+)% on 450 images", out).group(1))
     assert accuracy >= 95.0
     assert "predictions identical on all 450 test images" in out
-    assert "No pretrained squeezenet1_1 weights are available offline" in out
-    assert len(re.findall(r"%\s+\S+$", out.split("[4/5]")[1].split("[5/5]")[0], re.M)) == 3
+    # The cache holds (synthetic) keras-squeezenet weights; the demo finds and uses them.
+    cat = out.split("[4/5]")[1].split("[5/5]")[0]
+    assert "squeezenet1_1 with its pretrained 'keras-squeezenet' weights" in cat
+    legacy = files / "keras_home" / "models" / "squeezenet_weights_tf_dim_ordering_tf_kernels.h5"
+    expected = expected_top(legacy, CAT, preprocessing="caffe", size=227, top=3,
+                            ceil_mode=False)
+    assert re.findall(r"%\s+(\S+)$", cat, re.M) == [label for _, label, _ in expected]
     speeds = re.findall(r"^\s+(channels_last|channels_first)\s+([\d,]+) img/s", out, re.M)
     assert [fmt for fmt, _ in speeds] == ["channels_last", "channels_first"]
     assert all(float(rate.replace(",", "")) > 0 for _, rate in speeds)
     seconds = float(re.search(r"Done in (\d+) s", out).group(1))
     assert seconds < 180
     assert "Epoch 30/30" in out  # Keras progress bars
+
+
+def test_demo_without_cached_weights_says_so(tmp_path, monkeypatch):
+    from multinet import demo
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("MULTINET_OFFLINE", raising=False)  # the demo never downloads anyway
+    lines = []
+    result = demo.classify_cat(lambda text: lines.append(text), "channels_last")
+    assert result["pretrained"] is False and len(result["top"]) == 3
+    text = "\n".join(lines)
+    assert ("No pretrained squeezenet1_1 weights are available offline: "
+            f"squeezenet1_1-b8a52dc0.pth is not in {tmp_path / 'models'}.") in text
+    assert "multinet predict IMAGE -m squeezenet1_1 -w imagenet" in text
+    assert "RANDOM weights" in text
+    assert not (tmp_path / "models").exists()  # nothing was downloaded
 
 
 # --- mistakes: one line on stderr, a non-zero status, no traceback -------------------
