@@ -79,7 +79,6 @@ def prepare_native(name: str, *, batch_size: int, image_size: int = 224,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads is None:
         threads = default_threads()
-    torch.set_num_threads(threads)
     result = {
         "schema": "multinet.benchmark/1",
         "implementation": implementation,
@@ -94,18 +93,19 @@ def prepare_native(name: str, *, batch_size: int, image_size: int = 224,
         "framework_version": torch.__version__,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "device_kind": "gpu" if device == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
+        "threads": threads,
     }
     prepared = _NativePrepared(result)
     try:
         prepared.step, prepared.sync = _prepare(torch, result, name, batch_size, image_size,
-                                                task, dtype, compile, seed, device)
+                                                task, dtype, compile, seed, device, threads)
     except Exception as exc:  # noqa: BLE001  (a failed config is a result)
         prepared.fail(exc)
     return prepared
 
 
-def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, seed, device):
+def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, seed, device,
+             threads):
     torch.manual_seed(seed)
     start = time.perf_counter()
     module = _reference().build(name).to(device)
@@ -136,7 +136,7 @@ def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, 
             with torch.inference_mode(), autocast_ctx():
                 return forward(x)
 
-        return step, sync
+        return _with_threads(torch, threads, step), sync
     module.train()
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -149,4 +149,21 @@ def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, 
         optimizer.step()
         return loss
 
-    return train_step, sync
+    return _with_threads(torch, threads, train_step), sync
+
+
+def _with_threads(torch, threads, step):
+    """``step`` run with ``threads`` PyTorch threads, restoring the caller's
+    count after (baselines with different counts are timed interleaved)."""
+
+    def run():
+        previous = torch.get_num_threads()
+        if previous != threads:
+            torch.set_num_threads(threads)
+        try:
+            return step()
+        finally:
+            if previous != threads:
+                torch.set_num_threads(previous)
+
+    return run

@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TASK_ORDER = {"latency": 0, "throughput": 1, "train": 2}
 BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
+COLORS = {"tensorflow": "tab:orange", "jax": "tab:green", "torch": "tab:red"}
 
 
 def load(results_dir: Path) -> list[dict]:
@@ -52,6 +53,12 @@ def _fmt(value, digits=2):
     return f"{value:.{digits}f}"
 
 
+def _native(r) -> str:
+    text = _fmt(r.get("native_images_per_s"))
+    threads = r.get("native_threads")
+    return f"{text} ({threads} thr)" if threads and text != "n/a" else text
+
+
 def markdown(runs: list[dict]) -> str:
     lines = []
     for run in runs:
@@ -79,13 +86,54 @@ def markdown(runs: list[dict]) -> str:
         lines.append(
             f"| {r['backend']} | {r['model']} | {r.get('bench_task', r['task'])} | "
             f"{r['batch_size']} | {r['data_format']} | {r['dtype']} | {r['call']} | {speed} | "
-            f"{_fmt(r.get('native_images_per_s'))} | {ratio_text} | {first} |")
+            f"{_native(r)} | {ratio_text} | {first} |")
     unsupported = [r for r in rows(runs) if r.get("status") != "ok"]
     if unsupported:
         lines.append("")
         for r in unsupported:
             lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']}: "
                          f"{r['status']}: {r.get('error', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def summary(runs: list[dict], dtype: str = "float32") -> str:
+    """One row per model, task and call path; one column per backend and data
+    format; each cell "multinet img/s (ratio to native)"."""
+    data = [r for r in rows(runs) if r["dtype"] == dtype]
+    columns = sorted({(r["backend"], r["data_format"]) for r in data},
+                     key=lambda k: (BACKEND_ORDER.get(k[0], 9), k[1]))
+    keys = []
+    for r in data:
+        key = (r["model"], r.get("bench_task", r["task"]), r["batch_size"], r["call"])
+        if key not in keys:
+            keys.append(key)
+    short = {"channels_last": "NHWC", "channels_first": "NCHW"}
+    lines = [
+        "| model | task | batch | call | native img/s | "
+        + " | ".join(f"{b} {short.get(f, f)}" for b, f in columns) + " |",
+        "|---|---|---|---|---|" + "---|" * len(columns),
+    ]
+    for model, task, batch, call in keys:
+        cells, natives = [], []
+        for backend_name, data_format in columns:
+            match = [r for r in data if r["backend"] == backend_name
+                     and r["data_format"] == data_format and r["model"] == model
+                     and r.get("bench_task", r["task"]) == task and r["call"] == call]
+            if not match:
+                cells.append("")
+                continue
+            r = match[0]
+            if r.get("status") != "ok":
+                cells.append(r.get("status", "error"))
+                continue
+            if r.get("native_images_per_s") is not None:
+                natives.append(f"{_fmt(r['native_images_per_s'])} ({backend_name})")
+            ratio = r.get("ratio_to_native")
+            cells.append(f"{_fmt(r['images_per_s'])} "
+                         + ("(n/a)" if ratio is None else f"(**{ratio:.2f}x**)"))
+        native_text = ", ".join(dict.fromkeys(natives)) or "n/a"
+        lines.append(f"| {model} | {task} | {batch} | {call} | {native_text} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,12 +160,21 @@ def chart(runs: list[dict], path: Path) -> Path:
             values.append(match[0] if match else 0.0)
         positions = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(positions, values, width, label=f"{backend_name} {data_format}",
+               color=COLORS.get(backend_name), edgecolor="black", linewidth=0.4,
+               alpha=1.0 if data_format == "channels_first" else 0.55,
                hatch="//" if data_format == "channels_first" else None)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels([f"{m}\n{t}" for m, t in labels], fontsize=8)
-    ax.set_ylabel("speed / native PyTorch eager (same run)")
-    ax.set_title("multinet float32 speed relative to native PyTorch (higher is better)")
+    ax.set_ylabel("img/s ratio to native (same run, log scale)")
+    ax.set_yscale("log")
+    top = max([1.5] + [r["ratio_to_native"] * 1.3 for r in data])
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if t <= top]
+    ax.set_yticks(ticks)
+    ax.set_ylim(0.1, top)
+    ax.set_yticklabels([f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.set_title("multinet / native PyTorch eager, float32 (higher is better)", fontsize=10)
     if series:
         ax.legend(fontsize=7, ncol=min(3, len(series)))
     fig.tight_layout()
@@ -138,7 +195,9 @@ def main(argv=None) -> tuple[Path, Path]:
         raise SystemExit(f"no result files in {results_dir}")
     out.mkdir(parents=True, exist_ok=True)
     md_path = out / "report.md"
-    md_path.write_text(markdown(runs), encoding="utf-8")
+    md_path.write_text(
+        "## float32 summary: multinet img/s (ratio to native PyTorch, same run)\n\n"
+        + summary(runs) + "\n## Every result\n\n" + markdown(runs), encoding="utf-8")
     png_path = chart(runs, out / "report.png")
     print(f"wrote {md_path} and {png_path}", file=sys.stderr)
     return md_path, png_path

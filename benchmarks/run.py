@@ -71,6 +71,8 @@ def parse_args(argv=None):
                         help="smoke run: squeezenet1_1 only, 32x32 inputs, batch 2, "
                              "1 warm-up and 2 timed calls")
     parser.add_argument("--no-native", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--native-one-thread", action="store_true",
+                        help="also time the baseline on one PyTorch thread (for reference)")
     parser.add_argument("--native-compile", action="store_true",
                         help="also time the baseline through torch.compile")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
@@ -132,6 +134,13 @@ def run(args) -> dict:
         if use_native:
             baselines["torch_eager"] = native.prepare_native(
                 model, task=mode, dtype=dtype, threads=threads, **common)
+            if args.native_one_thread and threads > 1:
+                # PyTorch's OpenMP threads stall when other processes share the
+                # cores; this records how fast one thread is (for reference).
+                baselines["torch_eager_1_thread"] = native.prepare_native(
+                    model, task=mode, dtype=dtype, threads=1, **common)
+                baselines["torch_eager_1_thread"].result["implementation"] = (
+                    "torch_eager_1_thread")
             if args.native_compile:
                 baselines["torch_compile"] = native.prepare_native(
                     model, task=mode, dtype=dtype, threads=threads, compile=True, **common)
@@ -161,7 +170,11 @@ def run(args) -> dict:
         for prepared in ours:
             result = prepared.result
             result["native_images_per_s"] = eager.get("images_per_s")
+            result["native_threads"] = eager.get("threads")
             result["ratio_to_native"] = paired_ratio(result, eager)
+            if "torch_eager_1_thread" in baselines:
+                result["ratio_to_native_1_thread"] = paired_ratio(
+                    result, baselines["torch_eager_1_thread"].result)
             if "torch_compile" in baselines:
                 result["ratio_to_torch_compile"] = paired_ratio(
                     result, baselines["torch_compile"].result)
