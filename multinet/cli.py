@@ -593,6 +593,9 @@ def cmd_convert(args) -> int:
         raise CommandError(f"{dst} exists; pass --force to overwrite it")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CommandError("SRC and DST are the same file")
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise CommandError(f"the folder of DST does not exist: {folder}")
     info = describe_weights_file(spec, src)
     model, report = _load_any(spec, src, info, args.include_top)
     include_top = any(n in report.loaded for n in ("predictions", "conv10"))
@@ -608,9 +611,6 @@ def cmd_convert(args) -> int:
     for name, why in report.skipped.items():
         print(f"  skipped {name}: {why}")
 
-    folder = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(folder):
-        raise CommandError(f"the folder of DST does not exist: {folder}")
     fd, staging = tempfile.mkstemp(prefix=".convert-", suffix=".weights.h5", dir=folder)
     os.close(fd)
     try:
