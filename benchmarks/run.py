@@ -69,7 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: squeezenet1_1 only, 32x32 inputs, batch 2, "
-                             "1 warm-up and 2 timed calls")
+                             "1 warm-up and 2 timed calls, training and bfloat16 in the "
+                             "last format only, one PyTorch thread")
     parser.add_argument("--no-native", action="store_true", help="skip the PyTorch baseline")
     parser.add_argument("--native-one-thread", action="store_true",
                         help="also time the baseline on one PyTorch thread (for reference)")
@@ -120,7 +121,8 @@ def paired_ratio(ours: dict, base: dict) -> float | None:
 
 def run(args) -> dict:
     use_native = not args.no_native and native.available()
-    threads = native.default_threads()
+    # A smoke run only checks the plumbing: one thread keeps it quick on a busy machine.
+    threads = 1 if args.quick else native.default_threads()
     if backend.name() == "torch":
         import torch
 
@@ -148,7 +150,10 @@ def run(args) -> dict:
             c for c in args.calls
             if c == "compiled" or (task == "throughput" and dtype == "float32")]
         ours = []
-        for data_format in args.formats:
+        formats = args.formats
+        if args.quick and (task == "train" or dtype != "float32"):
+            formats = formats[-1:]  # the smoke run compiles as little as it can
+        for data_format in formats:
             built = None
             for call in calls:
                 print(f"[{backend.name()}] {model} {task} b{batch} {data_format} {dtype} "

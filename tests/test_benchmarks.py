@@ -97,7 +97,7 @@ def test_quick_run_writes_results_and_report(tmp_path):
     seen = {(r["bench_task"], r["data_format"], r["dtype"], r["call"]) for r in ours}
     assert ("throughput", "channels_last", "float32", "compiled") in seen
     assert ("throughput", "channels_first", "float32", "predict") in seen
-    assert ("throughput", "channels_last", "bfloat16", "compiled") in seen
+    assert ("throughput", "channels_first", "bfloat16", "compiled") in seen
     assert ("train", "channels_first", "float32", "train_on_batch") in seen
     for result in ours:
         assert result["status"] in ("ok", "unsupported"), result.get("error")
