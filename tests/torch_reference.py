@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-VGG_DEPTHS = {
-    "vgg11": (1, 1, 2, 2, 2),
-    "vgg13": (2, 2, 2, 2, 2),
-    "vgg16": (2, 2, 3, 3, 3),
-    "vgg19": (2, 2, 4, 4, 4),
-}
-VGG_WIDTHS = (64, 128, 256, 512, 512)
+from weight_fixtures import VGG_DEPTHS, VGG_WIDTHS  # the same tables, without torch
 
 
 class Fire(nn.Module):
