@@ -298,6 +298,7 @@ def _prepare(model, prepared, *, batch_size, image_size, data_format, task, dtyp
     backend.reset_peak_device_memory()
     start = time.perf_counter()
     if isinstance(model, str):
+        from multinet.layers import image_shape
         from multinet.registry import create_model
 
         kwargs = dict(model_kwargs)
@@ -305,7 +306,7 @@ def _prepare(model, prepared, *, batch_size, image_size, data_format, task, dtyp
             kwargs.setdefault("classifier_activation", None)  # logits, as torch's CE takes
         with dtype_policy(dtype):
             model = create_model(model, data_format=data_format,
-                                 input_shape=_input_shape(image_size, data_format), **kwargs)
+                                 input_shape=image_shape(image_size, data_format), **kwargs)
     result["build_s"] = time.perf_counter() - start
     prepared.model = model
     images, labels = make_inputs(batch_size, image_size, data_format,
@@ -356,7 +357,3 @@ def time_interleaved(prepared: list[Prepared], *, items: int, warmup: int = 2,
                   "warmup": warmup, "repeats": repeats})
 
 
-def _input_shape(image_size, data_format):
-    if data_format == backend.CHANNELS_FIRST:
-        return (3, image_size, image_size)
-    return (image_size, image_size, 3)

@@ -26,6 +26,7 @@ import numpy as np
 
 import multinet
 from multinet import backend
+from multinet.layers import image_shape
 from multinet.registry import ModelSpec
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -231,10 +232,6 @@ def family_options(spec: ModelSpec) -> dict:
         if param.kind is param.KEYWORD_ONLY and param.name not in _COMMON_BUILDER_ARGS:
             options[param.name] = None if param.default is param.empty else param.default
     return options
-
-
-def _input_shape(size: int, data_format: str) -> tuple:
-    return (3, size, size) if data_format == backend.CHANNELS_FIRST else (size, size, 3)
 
 
 def _spatial(model) -> tuple[int, int]:
@@ -461,7 +458,7 @@ def _build_for_predict(spec: ModelSpec, weights: str, data_format: str):
     info = describe_weights_file(spec, weights)
     size = info["input_size"] or spec.default_size
     model = multinet.create_model(
-        spec.name, data_format=data_format, input_shape=_input_shape(size, data_format),
+        spec.name, data_format=data_format, input_shape=image_shape(size, data_format),
         **_options_for(spec, info["arch_options"]))
     multinet.load_weights(model, weights)
     preprocessing = info["preprocessing"]
@@ -573,7 +570,7 @@ def _load_any(spec, src, info, include_top):
     for top in tries:
         model = multinet.create_model(
             spec.name, include_top=top,
-            input_shape=_input_shape(size, "channels_last") if top else None,
+            input_shape=image_shape(size, "channels_last") if top else None,
             data_format="channels_last", **options)
         try:
             return model, multinet.load_weights(model, src)
@@ -638,7 +635,7 @@ def verify_conversion(spec, model, path, info, include_top) -> float:
     size = info["input_size"] or spec.default_size
     fresh = multinet.create_model(
         spec.name, include_top=include_top,
-        input_shape=_input_shape(size, "channels_last") if include_top else None,
+        input_shape=image_shape(size, "channels_last") if include_top else None,
         data_format="channels_last", **_options_for(spec, info["arch_options"]))
     fresh.load_weights(path)
     check_size = size if include_top else max(spec.min_size, min(size, 64))
@@ -747,10 +744,10 @@ def self_check(size: int = 64) -> tuple[bool, float]:
     copied across: (outputs agree, max difference) on a random batch."""
     last = multinet.create_model("squeezenet1_1", data_format="channels_last",
                                  compute_format="channels_last",
-                                 input_shape=_input_shape(size, "channels_last"))
+                                 input_shape=image_shape(size, "channels_last"))
     first = multinet.create_model("squeezenet1_1", data_format="channels_first",
                                   compute_format="channels_first",
-                                  input_shape=_input_shape(size, "channels_first"))
+                                  input_shape=image_shape(size, "channels_first"))
     first.set_weights(last.get_weights())
     x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype("float32")
     a = keras.ops.convert_to_numpy(last(x, training=False))

@@ -68,8 +68,7 @@ def digits_model(data_format: str | None = None, compute_format: str | None = No
     (None: the backend's fastest, see ``backend.preferred_compute_format``).
     """
     fmt = layers.standardize_data_format(data_format)
-    inner = (backend.preferred_compute_format() if compute_format is None
-             else layers.standardize_data_format(compute_format))
+    inner = layers.resolve_compute_format(compute_format)
     shape = (1, 8, 8) if fmt == backend.CHANNELS_FIRST else (8, 8, 1)
     inputs = keras.Input(shape=shape, name="digits")
     x = layers.to_data_format(inputs, fmt, inner, name="to_" + inner)

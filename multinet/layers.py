@@ -29,8 +29,23 @@ def standardize_data_format(data_format: str | None) -> str:
     return value
 
 
+def resolve_compute_format(compute_format: str | None) -> str:
+    """``None``/``"auto"`` means the backend's fastest format
+    (``backend.preferred_compute_format``); otherwise a data format."""
+    if compute_format in (None, "auto"):
+        return backend.preferred_compute_format()
+    return standardize_data_format(compute_format)
+
+
 def channel_axis(data_format: str) -> int:
     return -1 if data_format == backend.CHANNELS_LAST else 1
+
+
+def image_shape(size, data_format: str, channels=3) -> tuple:
+    """The (channels included) shape of a square image in ``data_format``."""
+    if data_format == backend.CHANNELS_FIRST:
+        return (channels, size, size)
+    return (size, size, channels)
 
 
 def to_data_format(x, source: str, target: str, name: str | None = None):

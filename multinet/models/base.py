@@ -8,7 +8,12 @@ from collections.abc import Callable
 import keras
 
 from multinet import backend
-from multinet.layers import standardize_data_format, to_data_format
+from multinet.layers import (
+    image_shape,
+    resolve_compute_format,
+    standardize_data_format,
+    to_data_format,
+)
 
 POOLINGS = (None, "avg", "max")
 
@@ -61,8 +66,7 @@ def resolve_input_shape(
         size = default_size if include_top else None
         if fixed_top_size and include_top:
             size = fixed_top_size
-        input_shape = (3, size, size) if data_format == backend.CHANNELS_FIRST else (
-            size, size, 3)
+        input_shape = image_shape(size, data_format)
     try:
         shape = tuple(None if d is None else int(d) for d in input_shape)
     except (TypeError, ValueError):
@@ -138,11 +142,7 @@ def build_model(
     ``data_format``.
     """
     data_format = standardize_data_format(data_format)
-    compute_format = (
-        backend.preferred_compute_format()
-        if compute_format in (None, "auto")
-        else standardize_data_format(compute_format)
-    )
+    compute_format = resolve_compute_format(compute_format)
     if pooling not in POOLINGS:
         raise ValueError(f"{model_name}: pooling must be one of {POOLINGS}, got {pooling!r}")
     if not isinstance(classes, int) or classes < 1:
