@@ -14,6 +14,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Family": "multinet.registry",
     "LoadReport": "multinet.weights",
     "ModelSpec": "multinet.registry",
     "WeightsSpec": "multinet.registry",
@@ -25,6 +26,7 @@ _EXPORTS = {
     "list_models": "multinet.registry",
     "load_image": "multinet.preprocessing",
     "load_weights": "multinet.weights",
+    "model_info": "multinet.layers",
     "preprocess_input": "multinet.preprocessing",
 }
 _SUBMODULES = {"backend", "benchmark", "layers", "models", "preprocessing", "registry", "weights"}

@@ -292,7 +292,7 @@ def describe_weights_file(spec: ModelSpec, path: str) -> dict:
     Returns ``layout``, ``entry`` (the registry entry of that layout, if any),
     ``arch_options``, ``preprocessing`` and ``input_size`` (None if unknown).
     """
-    from multinet.weights import detect_layout
+    from multinet.weights import detect_layout, inspect_source
 
     if not os.path.exists(path):
         raise CommandError(f"weights file not found: {path}")
@@ -300,15 +300,15 @@ def describe_weights_file(spec: ModelSpec, path: str) -> dict:
         raise CommandError(f"weights path is not a file: {path}")
     try:
         layout = detect_layout(path)
+        source_layout, names = inspect_source(path)
     except (ValueError, OSError) as error:
         raise CommandError(f"cannot read weights file {path}: {_one_line(error)}") from error
-    family_layout = {"torch": "torchvision", "safetensors": "torchvision"}.get(layout, layout)
-    entry = next((e for e in spec.weights if e.layout == family_layout), None)
-    info = {"layout": layout, "entry": entry, "arch_options": {}, "preprocessing": None,
-            "input_size": None}
+    entry = next((e for e in spec.weights if e.layout == source_layout), None)
+    info = {"layout": layout, "entry": entry,
+            "arch_options": spec.family.source_options(source_layout, names),
+            "preprocessing": spec.family.preprocessing.get(source_layout), "input_size": None}
     if entry is not None:
-        info.update(arch_options=dict(entry.arch_options), preprocessing=entry.preprocessing,
-                    input_size=entry.input_size)
+        info.update(preprocessing=entry.preprocessing, input_size=entry.input_size)
     if layout == "keras_v3":
         meta = read_file_metadata(path)
         if meta.get("model") not in (None, spec.name):
@@ -341,7 +341,7 @@ def cmd_list(args) -> int:
     specs = [multinet.get_model_spec(n) for n in names]
     if args.json:
         _print_json([{
-            "name": s.name, "family": s.family, "parameters": s.num_params,
+            "name": s.name, "family": s.family.name, "parameters": s.num_params,
             "default_size": s.default_size, "min_size": s.min_size,
             "weights": [w.name for w in s.weights], "default_weights": s.default_weights,
         } for s in specs])
@@ -388,7 +388,7 @@ def cmd_info(args) -> int:
     data = {
         "name": spec.name,
         "description": spec.description,
-        "family": spec.family,
+        "family": spec.family.name,
         "parameters": spec.num_params,
         "default_size": spec.default_size,
         "min_size": spec.min_size,
@@ -400,7 +400,7 @@ def cmd_info(args) -> int:
         return 0
     print(f"{spec.name}: {spec.description}")
     facts = [
-        ("family", spec.family),
+        ("family", spec.family.name),
         ("parameters", f"{spec.num_params:,} (with the 1000-class top)"),
         ("default input", f"{spec.default_size}x{spec.default_size} RGB"),
         ("minimum input", f"{spec.min_size}x{spec.min_size}"),
@@ -595,7 +595,7 @@ def cmd_convert(args) -> int:
         raise CommandError(f"the folder of DST does not exist: {folder}")
     info = describe_weights_file(spec, src)
     model, report = _load_any(spec, src, info, args.include_top)
-    include_top = any(n in report.loaded for n in ("predictions", "conv10"))
+    include_top = any(n in report.loaded for n in spec.family.head_layers)
     labels = _source_labels(model, src)
     print(f"read {src}: {info['layout']} layout, {len(report.loaded)} layers, "
           f"{report.num_values:,} values -> {spec.name} (include_top={include_top})")
@@ -663,7 +663,7 @@ def cmd_bench(args) -> int:
     results = []
     for batch_size in args.batch_size:
         kwargs = {}
-        if size != spec.default_size and spec.family == "vgg":
+        if spec.fixed_top_size and size != spec.fixed_top_size:
             kwargs["include_top"] = False
         result = run_benchmark(
             spec.name, batch_size=batch_size, image_size=size, data_format=args.data_format,

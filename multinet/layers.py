@@ -171,3 +171,68 @@ class MaxPooling2D(keras.layers.MaxPooling2D):
         config = super().get_config()
         config["ceil_mode"] = self.ceil_mode
         return config
+
+
+INFO_LAYER = "multinet_info"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ModelInfo(keras.layers.Layer):
+    """An identity layer that carries what multinet knows about its model.
+
+    ``info`` holds the registry name, the architecture options and, once
+    weights are loaded, where they came from (entry, layout, preprocessing,
+    source). Being a layer of the model, it travels with it through
+    ``model.save("x.keras")``/``keras.models.load_model`` and
+    ``keras.models.clone_model``, which keep every layer's config. Read it
+    with ``multinet.model_info(model)``.
+    """
+
+    def __init__(self, info=None, **kwargs):
+        kwargs.setdefault("autocast", False)  # an identity: never cast the output
+        super().__init__(**kwargs)
+        self.info = _json_ready(info or {})
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["info"] = _json_ready(self.info)
+        return config
+
+
+def _json_ready(value):
+    """A deep copy of ``value`` made of dicts, lists, strings, numbers, None."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "items"):
+        return _json_ready(dict(value.items()))
+    return str(value)
+
+
+def info_layer(model) -> ModelInfo | None:
+    """The model's ``ModelInfo`` layer, or None for a model multinet did not build."""
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, ModelInfo):
+            return layer
+    return None
+
+
+def model_info(model) -> dict:
+    """What multinet knows about ``model``: ``{"model", "options", "weights"}``.
+
+    ``model`` is the registry name, ``options`` the architecture options it
+    was built with, ``weights`` None or ``{"entry", "layout",
+    "preprocessing", "source"}`` of the weights last loaded by multinet. A
+    model that multinet did not build gives ``{}``. The dict is a copy.
+    """
+    layer = info_layer(model)
+    return _json_ready(layer.info) if layer is not None else {}

@@ -67,12 +67,56 @@ def torchvision_weights(filename: str, **kwargs) -> WeightsSpec:
     )
 
 
+def _no_options(layout: str, names: frozenset) -> dict:
+    return {}
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What the registry knows about one model."""
+class Family:
+    """Everything multinet knows about one architecture family, declared by
+    its module under ``multinet/models/``; the loader, the command line, the
+    benchmarks and the docs read it and name no family themselves.
+
+    - ``head_layers``: the classifier layers (with weights) that a model built
+      with ``include_top=False`` leaves out, in every variant of the family.
+    - ``torchvision_names(variant, options)``: ``{torchvision module: layer}``,
+      e.g. ``{"features.0": "conv1", "layer1.0.bn1": "layer1_0_bn1"}``. A
+      module's ``weight``/``bias``/``running_mean``/``running_var`` become the
+      layer's variables in Keras order (``num_batches_tracked`` is ignored);
+      how is decided by the layer's type (``multinet.weights.torchvision``).
+    - ``keras_names(variant, options)``: ``{layer name in a Keras 1/2 file:
+      layer}`` where the family's names differ from the published files' (a
+      '/' in a file's name is always read as '_'); None where they agree.
+    - ``source_options(layout, names)``: the architecture options that a file
+      of ``layout`` with these (model-side) layer or module names needs, e.g.
+      ``{"ceil_mode": False}`` for the keras-squeezenet port.
+    - ``preprocessing``: ``{layout: mode}``, the input mode that weights of a
+      layout expect (``"torch"`` for torchvision checkpoints).
+    """
 
     name: str
-    family: str
+    head_layers: tuple[str, ...] = ()
+    torchvision_names: Callable[[str, Mapping[str, Any]], dict[str, str]] | None = None
+    keras_names: Callable[[str, Mapping[str, Any]], dict[str, str]] | None = None
+    source_options: Callable[[str, frozenset], dict] = _no_options
+    preprocessing: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "head_layers", tuple(self.head_layers))
+        object.__setattr__(self, "preprocessing", MappingProxyType(dict(self.preprocessing)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one model.
+
+    ``fixed_top_size``: the only input size the classifier accepts (VGG's
+    fc1 wants 7x7 features), or None where the head pools globally.
+    """
+
+    name: str
+    family: Family
     builder: Callable[..., keras.Model]
     default_size: int
     min_size: int
@@ -80,6 +124,11 @@ class ModelSpec:
     weights: tuple[WeightsSpec, ...] = ()
     default_weights: str | None = None
     description: str = ""
+    fixed_top_size: int | None = None
+
+    @property
+    def family_name(self) -> str:
+        return self.family.name
 
     def get_weights(self, name: str) -> WeightsSpec:
         """The weights entry called ``name``; ``"imagenet"`` is the default one."""
@@ -181,14 +230,14 @@ def create_model(
     """
     spec = get_model_spec(name)
     entry = resolve_weights(spec, weights)
+    # Everything about the weights is checked before the (slow) build: an
+    # entry's file is fetched, a file's content read for the options it needs.
+    path = None
     if entry is not None:
-        for key, value in entry.arch_options.items():
-            if key in model_kwargs and model_kwargs[key] != value:
-                raise ValueError(
-                    f"{name}: weights {entry.name!r} need {key}={value!r}, "
-                    f"got {key}={model_kwargs[key]!r}"
-                )
-            model_kwargs[key] = value
+        from multinet.weights import fetch
+
+        path = fetch(entry, include_top=include_top, model_name=spec.name)
+        needed, origin = dict(entry.arch_options), f"weights {entry.name!r}"
         if include_top and classes != entry.classes:
             raise ValueError(
                 f"{name}: weights {entry.name!r} have {entry.classes} classes, "
@@ -196,6 +245,19 @@ def create_model(
             )
         if input_shape is None and input_tensor is None and include_top:
             model_kwargs.setdefault("default_size", entry.input_size)
+    elif isinstance(weights, (str, os.PathLike)):
+        from multinet.weights.loader import inspect_source
+
+        layout, names = inspect_source(weights)
+        needed = spec.family.source_options(layout, names)
+        origin = f"weights file {os.fspath(weights)} ({layout})"
+    else:
+        needed, origin = {}, ""
+    for key, value in needed.items():
+        if key in model_kwargs and model_kwargs[key] != value:
+            raise ValueError(
+                f"{name}: {origin} need {key}={value!r}, got {key}={model_kwargs[key]!r}")
+        model_kwargs[key] = value
     model = spec.builder(
         include_top=include_top,
         input_tensor=input_tensor,
@@ -207,8 +269,14 @@ def create_model(
         has_weights=weights is not None,
         **model_kwargs,
     )
-    if weights is not None:
-        from multinet.weights import apply_weights
+    if entry is not None:
+        from multinet.weights import load_weights, remember
 
-        apply_weights(model, spec, weights, entry=entry, include_top=include_top)
+        report = load_weights(model, path)
+        remember(model, entry=entry.name, layout=report.layout,
+                 preprocessing=entry.preprocessing, source=str(path))
+    elif weights is not None:
+        from multinet.weights import load_weights
+
+        load_weights(model, weights)
     return model

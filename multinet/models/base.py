@@ -9,6 +9,8 @@ import keras
 
 from multinet import backend
 from multinet.layers import (
+    INFO_LAYER,
+    ModelInfo,
     image_shape,
     resolve_compute_format,
     standardize_data_format,
@@ -133,13 +135,16 @@ def build_model(
     fixed_top_size: int | None,
     has_weights: bool,
     name: str | None,
+    options: dict | None = None,
 ) -> keras.Model:
     """Assemble a functional model from a family's ``features`` and ``classifier``.
 
     ``features(x, fmt)`` and ``classifier(x, fmt, classes, activation)`` get
     tensors in ``fmt``, the compute format (see
     ``backend.preferred_compute_format``); the model takes and returns data in
-    ``data_format``.
+    ``data_format``. ``options`` are the family's architecture options
+    (``ceil_mode``...), recorded with the registry name in the model's
+    ``ModelInfo`` layer (see ``multinet.model_info``).
     """
     data_format = standardize_data_format(data_format)
     compute_format = resolve_compute_format(compute_format)
@@ -174,6 +179,8 @@ def build_model(
         x = keras.layers.GlobalMaxPooling2D(data_format=compute_format, name="max_pool")(x)
     else:
         x = to_data_format(x, compute_format, data_format, name="to_" + data_format)
+    info = {"model": model_name, "options": dict(options or {}), "weights": None}
+    x = ModelInfo(info, name=INFO_LAYER)(x)
     return keras.Model(model_inputs, x, name=name or model_name)
 
 

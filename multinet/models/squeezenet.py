@@ -14,7 +14,7 @@ import keras
 
 from multinet import layers
 from multinet.models.base import build_model, check_rate, make_constructor, min_input_size
-from multinet.registry import ModelSpec, WeightsSpec, register_model, torchvision_weights
+from multinet.registry import Family, ModelSpec, WeightsSpec, register_model, torchvision_weights
 
 # Per variant: first conv (filters, kernel), then the feature stack, where an
 # int is a Fire module's (squeeze, expand) row index and "pool" a 3x3/2 pool.
@@ -120,6 +120,7 @@ def _build(variant, *, include_top, input_tensor, input_shape, pooling, classes,
         default_size=default_size,
         min_size=_min_size(variant, bool(ceil_mode)),
         fixed_top_size=None, has_weights=has_weights, name=name,
+        options={"ceil_mode": bool(ceil_mode), "dropout": dropout},
     )
 
 
@@ -147,10 +148,46 @@ def _weights(variant):
     return tuple(entries)
 
 
+def torchvision_names(variant: str, options) -> dict[str, str]:
+    """torchvision's modules: ``features.0`` is ``conv1``; ``features.N`` are
+    the pools and Fire modules in order (after conv1 and its ReLU at 0 and 1),
+    whose ``squeeze``/``expand1x1``/``expand3x3`` are ``fireK_squeeze1x1``...;
+    ``classifier.1`` is ``conv10``."""
+    names = {"features.0": "conv1", "classifier.1": "conv10"}
+    fire = 1
+    for index, item in enumerate(VARIANTS[variant]["stack"], start=2):
+        if item != "pool":
+            fire += 1
+            names[f"features.{index}.squeeze"] = f"fire{fire}_squeeze1x1"
+            names[f"features.{index}.expand1x1"] = f"fire{fire}_expand1x1"
+            names[f"features.{index}.expand3x3"] = f"fire{fire}_expand3x3"
+    return names
+
+
+def source_options(layout: str, names: frozenset) -> dict:
+    # torchvision pools in ceil mode; the keras-squeezenet port, the one
+    # Keras 1/2 SqueezeNet file in the wild, floors as Keras does.
+    if layout == "torchvision":
+        return {"ceil_mode": True}
+    if layout == "keras_legacy_h5":
+        return {"ceil_mode": False}
+    return {}
+
+
+FAMILY = Family(
+    name="squeezenet",
+    head_layers=("conv10",),
+    torchvision_names=torchvision_names,
+    source_options=source_options,
+    # keras-squeezenet was trained in Caffe: BGR, mean subtracted.
+    preprocessing={"torchvision": "torch", "keras_legacy_h5": "caffe"},
+    description="SqueezeNet 1.0/1.1: Fire modules, torchvision or keras-squeezenet pooling",
+)
+
 for _variant, _facts in VARIANTS.items():
     register_model(ModelSpec(
         name=_variant,
-        family="squeezenet",
+        family=FAMILY,
         builder=functools.partial(_build, _variant),
         default_size=DEFAULT_SIZE,
         min_size=_min_size(_variant, True),

@@ -14,7 +14,7 @@ import keras
 
 from multinet import layers
 from multinet.models.base import build_model, check_rate, make_constructor, min_input_size
-from multinet.registry import ModelSpec, WeightsSpec, register_model, torchvision_weights
+from multinet.registry import Family, ModelSpec, WeightsSpec, register_model, torchvision_weights
 
 # Convolutions per block for each variant; the widths are shared.
 DEPTHS = {
@@ -89,7 +89,7 @@ def _build(variant, *, include_top, input_tensor, input_shape, pooling, classes,
         pooling=pooling, classes=classes, classifier_activation=classifier_activation,
         data_format=data_format, compute_format=compute_format,
         default_size=default_size, min_size=MIN_SIZE, fixed_top_size=TOP_SIZE,
-        has_weights=has_weights, name=name,
+        has_weights=has_weights, name=name, options={"dropout": dropout},
     )
 
 
@@ -113,11 +113,33 @@ def _weights(variant):
     return tuple(entries)
 
 
+def torchvision_names(variant: str, options) -> dict[str, str]:
+    """torchvision's ``features.N`` are the convolutions, each followed by a
+    ReLU, and a pool after each block; ``classifier.0/3/6`` the Linear layers."""
+    names, index = {}, 0
+    for block, depth in enumerate(DEPTHS[variant], start=1):
+        for conv in range(1, depth + 1):
+            names[f"features.{index}"] = f"block{block}_conv{conv}"
+            index += 2
+        index += 1
+    names.update({"classifier.0": "fc1", "classifier.3": "fc2", "classifier.6": "predictions"})
+    return names
+
+
+FAMILY = Family(
+    name="vgg",
+    head_layers=("fc1", "fc2", "predictions"),
+    torchvision_names=torchvision_names,
+    preprocessing={"torchvision": "torch", "keras_legacy_h5": "caffe"},
+    description="VGG 11/13/16/19 with keras.applications layer names",
+)
+
 for _variant in DEPTHS:
     _entries = _weights(_variant)
     register_model(ModelSpec(
         name=_variant,
-        family="vgg",
+        family=FAMILY,
+        fixed_top_size=TOP_SIZE,
         builder=functools.partial(_build, _variant),
         default_size=TOP_SIZE,
         min_size=MIN_SIZE,

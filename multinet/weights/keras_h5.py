@@ -29,7 +29,7 @@ def _text(value) -> str:
     return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
-def _read_list_attr(group, name: str) -> list[str] | None:
+def read_list_attr(group, name: str) -> list[str] | None:
     """An attribute list, joined from its numbered chunks when it was split."""
     if name in group.attrs:
         return [_text(v) for v in np.asarray(group.attrs[name]).ravel()]
@@ -43,7 +43,7 @@ def _read_list_attr(group, name: str) -> list[str] | None:
 def legacy_root(h5file):
     """The group holding ``layer_names`` in a legacy file, or None."""
     for group in (h5file, h5file.get("model_weights")):
-        if group is not None and _read_list_attr(group, "layer_names") is not None:
+        if group is not None and read_list_attr(group, "layer_names") is not None:
             return group
     return None
 
@@ -55,11 +55,11 @@ def keras_layer_name(name: str) -> str:
 
 def read_legacy(root) -> SourceWeights:
     tensors, labels = {}, {}
-    for layer_name in _read_list_attr(root, "layer_names"):
+    for layer_name in read_list_attr(root, "layer_names"):
         if layer_name not in root:
             raise ValueError(f"layer {layer_name!r} is listed in layer_names but has no group")
         group = root[layer_name]
-        weight_names = _read_list_attr(group, "weight_names") or []
+        weight_names = read_list_attr(group, "weight_names") or []
         if not weight_names:
             continue  # input, pooling, activation, ... layers
         arrays = []
@@ -74,9 +74,8 @@ def read_legacy(root) -> SourceWeights:
             raise ValueError(f"layer {name!r} appears twice in the file")
         tensors[name] = arrays
         labels[name] = layer_name
-    # keras.applications and keras-squeezenet published these for
-    # caffe-style inputs (BGR, mean subtracted).
-    return SourceWeights("keras_legacy_h5", tensors, labels, preprocessing="caffe")
+    # The input mode these weights expect is the family's to say.
+    return SourceWeights("keras_legacy_h5", tensors, labels)
 
 
 def _snake_case(name: str) -> str:
@@ -152,4 +151,12 @@ def read_keras_archive(path, model) -> SourceWeights:
             for entry in layers
         ]
     with h5py.File(io.BytesIO(data), "r") as h5file:
-        return read_v3(h5file, model, config_layers)
+        found = read_v3(h5file, model, config_layers)
+    # A multinet model saved whole says in its ModelInfo layer what its
+    # weights expect.
+    for entry in layers if isinstance(layers, list) else ():
+        if isinstance(entry, dict) and entry.get("class_name") == "ModelInfo":
+            weights = ((entry.get("config") or {}).get("info") or {}).get("weights") or {}
+            if isinstance(weights, dict) and isinstance(weights.get("preprocessing"), str):
+                found.preprocessing = weights["preprocessing"]
+    return found

@@ -3,32 +3,43 @@
 from __future__ import annotations
 
 import os
-import weakref
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
+from multinet.layers import info_layer, model_info
 from multinet.weights import keras_h5, torchvision
 from multinet.weights.report import LoadReport, WeightsLoadError, format_shapes
 from multinet.weights.source import SourceWeights
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-# What each model was last loaded with: entry name, layout, preprocessing.
-_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def loaded_weights(model) -> dict | None:
     """``{"entry", "layout", "preprocessing", "source"}`` of the weights last
-    loaded into ``model`` by multinet, or None."""
-    return _LOADED.get(model)
+    loaded into ``model`` by multinet, or None (see ``multinet.model_info``)."""
+    return model_info(model).get("weights")
 
 
 def remember(model, *, entry=None, layout=None, preprocessing=None, source=None):
-    _LOADED[model] = {
+    """Record in the model's ``ModelInfo`` layer what was loaded into it, so it
+    travels with the model through ``.keras`` files and ``clone_model``."""
+    layer = info_layer(model)
+    if layer is None:  # a model multinet did not build: nothing to record in
+        return
+    layer.info = {**layer.info, "weights": {
         "entry": entry, "layout": layout, "preprocessing": preprocessing, "source": source,
-    }
+    }}
+
+
+def model_family(model):
+    """The ``Family`` of a model multinet built, or None."""
+    from multinet.registry import get_model_spec, list_models
+
+    name = model_info(model).get("model")
+    if name not in list_models():
+        return None
+    return get_model_spec(name).family
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -83,14 +94,53 @@ def _read_path(path: str, model) -> SourceWeights:
             return keras_h5.read_v3(h5file, model)
     if layout == "keras_archive":
         return keras_h5.read_keras_archive(path, model)
+    return _read_mapping(_read_tensor_file(path, layout), model)
+
+
+def inspect_source(path) -> tuple[str, frozenset]:
+    """``(layout, names)`` of a weights file, read before any model is built:
+    the layout (``keras_legacy_h5``, ``keras_v3``, ``torchvision``) and the
+    layer names of a legacy Keras file ('/' read as '_') or the module names
+    of a torchvision checkpoint; what a family needs to choose its
+    architecture options (``Family.source_options``).
+
+    Raises ``FileNotFoundError`` or ``WeightsLoadError`` for a file that is
+    missing or unreadable, so a bad file fails before a slow model build.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        layout = detect_layout(path)
+        if layout == "keras_legacy_h5":
+            import h5py
+
+            with h5py.File(path, "r") as h5file:
+                names = keras_h5.read_list_attr(keras_h5.legacy_root(h5file), "layer_names")
+            return layout, frozenset(keras_h5.keras_layer_name(n) for n in names)
+        if layout in ("safetensors", "torch"):
+            state = torchvision.unwrap_checkpoint(_read_tensor_file(path, layout))
+            if not torchvision.is_state_dict(state):
+                return "keras_layers", frozenset(str(k) for k in state)
+            modules = torchvision.group_modules(state)
+            return "torchvision", frozenset(modules)
+        return ("keras_v3", frozenset())
+    except ImportError:
+        raise
+    except Exception as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsLoadError(f"cannot read weights from {path}: {reason}") from error
+
+
+def _read_tensor_file(path: str, layout: str):
+    """The mapping of names to arrays (or tensors) in a .safetensors or PyTorch file."""
     if layout == "safetensors":
         from safetensors.numpy import load_file
 
-        return _read_mapping(load_file(path), model)
+        return load_file(path)
     from multinet import backend
 
-    return _read_mapping(torchvision.unwrap_checkpoint(backend.load_torch_checkpoint(path)),
-                         model)
+    return backend.load_torch_checkpoint(path)
 
 
 def _read_mapping(mapping: Mapping, model) -> SourceWeights:
@@ -154,10 +204,16 @@ def load_weights(model, source, *, skip_mismatch: bool = False) -> LoadReport:
 
 
 def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool) -> LoadReport:
-    report = LoadReport(described, found.layout, model.name, preprocessing=found.preprocessing)
     targets = {layer.name: layer for layer in model.layers if layer.weights}
-    fam = torchvision.family(model)
-    head_names = set(torchvision.HEADS.get(fam, ()))
+    family = model_family(model)
+    if family is not None:
+        if found.layout == "keras_legacy_h5" and family.keras_names is not None:
+            info = model_info(model)
+            found.rename(family.keras_names(info["model"], info.get("options") or {}))
+        if found.preprocessing is None:
+            found.preprocessing = family.preprocessing.get(found.layout)
+    report = LoadReport(described, found.layout, model.name, preprocessing=found.preprocessing)
+    head_names = set(family.head_layers) if family is not None else set()
     model_has_head = bool(head_names & set(targets))
     # A keras_v3 file matched by class order: extra layers beyond the model's
     # (a full file into an include_top=False model) are that file's head.
@@ -173,6 +229,10 @@ def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool)
         variables = layer.weights
         expected = [tuple(v.shape) for v in variables]
         arrays = found.tensors.get(name)
+        if name in found.problems:
+            problems.append(f"{name} (file: {found.labels.get(name, name)}): "
+                            f"{found.problems[name]}")
+            continue
         if arrays is None:
             problems.append(f"{name}: missing (expected {format_shapes(expected)})")
             continue

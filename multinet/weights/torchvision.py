@@ -1,41 +1,39 @@
-"""torchvision state dicts: module names to multinet layer names, and layouts.
+"""torchvision state dicts onto multinet models.
 
-The mapping is by order, per family:
+Which torchvision module feeds which layer is the family's knowledge
+(``Family.torchvision_names`` in ``multinet/models/<family>.py``). How a
+module's tensors become the layer's variables is decided here, by the type of
+the layer that receives them:
 
-- VGG: the convolutions ``features.N`` in index order are ``block1_conv1``,
-  ``block1_conv2``, ...; the Linear layers ``classifier.N`` are ``fc1``,
-  ``fc2``, ``predictions``.
-- SqueezeNet: ``features.0`` is ``conv1``; the Fire modules ``features.N``
-  in index order are ``fire2`` ... ``fire9`` (``squeeze``, ``expand1x1``,
-  ``expand3x3`` become ``fireK_squeeze1x1``, ``fireK_expand1x1``,
-  ``fireK_expand3x3``); ``classifier.1`` is ``conv10``.
-
-Layouts: convolution weights OIHW become HWIO, Linear weights (out, in)
-become (in, out), and the first Linear after the flatten, whose inputs are in
-(C, H, W) order in PyTorch, gets its rows permuted to Keras' (H, W, C) order.
+- ``Conv2D``: weight OIHW becomes HWIO; a Linear weight (out, in) feeding a
+  1x1 convolution becomes (1, 1, in, out).
+- ``DepthwiseConv2D``: weight (channels * multiplier, 1, kh, kw) becomes
+  (kh, kw, channels, multiplier).
+- ``Dense``: weight (out, in) becomes (in, out). After a ``Flatten`` of a
+  feature map, PyTorch's inputs are in (C, H, W) order and Keras' in
+  (H, W, C) order (Keras' Flatten moves channels_first data to channels_last
+  first), so the rows are permuted.
+- ``BatchNormalization``: weight, bias, running_mean, running_var become
+  gamma, beta, moving_mean, moving_variance; ``num_batches_tracked`` is
+  ignored.
+- ``LayerNormalization``: weight, bias become gamma, beta.
+- Any other layer converts its own tensors with a ``from_torchvision(params)``
+  method returning its weights in order.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from multinet.weights.source import SourceWeights
 
-_FIRE_PARTS = {"squeeze": "squeeze1x1", "expand1x1": "expand1x1", "expand3x3": "expand3x3"}
-HEADS = {"vgg": ("fc1", "fc2", "predictions"), "squeezenet": ("conv10",)}
-
-
-def family(model) -> str | None:
-    names = {layer.name for layer in model.layers}
-    if "block1_conv1" in names:
-        return "vgg"
-    if "fire2_squeeze1x1" in names:
-        return "squeezenet"
-    return None
+IGNORED_PARAMS = ("num_batches_tracked",)
+_VARIABLE_PARAMS = {
+    "kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
+    "moving_mean": "running_mean", "moving_variance": "running_var",
+}
 
 
 def to_numpy(value) -> np.ndarray:
@@ -63,125 +61,136 @@ def unwrap_checkpoint(obj):
     return obj
 
 
-def _module_key(module: str):
-    return tuple(int(p) if p.isdigit() else p for p in module.split("."))
-
-
-def _group_modules(state: Mapping) -> tuple[dict[str, dict[str, object]], list[str]]:
-    """{module: {"weight": w, "bias": b}} and the keys that are neither."""
-    modules, other = {}, []
+def group_modules(state: Mapping) -> dict[str, dict[str, object]]:
+    """``{module: {param: tensor}}``; ``num_batches_tracked`` is dropped."""
+    modules: dict[str, dict[str, object]] = {}
     for key, value in state.items():
         module, _, param = str(key).rpartition(".")
-        if param in ("weight", "bias") and module:
-            modules.setdefault(module, {})[param] = value
-        else:
-            other.append(str(key))
-    return modules, other
-
-
-def _target_names(model, fam: str) -> tuple[list[str], list[str]]:
-    """(feature layer names in torchvision order, head layer names)."""
-    names = [layer.name for layer in model.layers]
-    if fam == "vgg":
-        convs = [n for n in names if re.fullmatch(r"block\d+_conv\d+", n)]
-        convs.sort(key=lambda n: tuple(int(d) for d in re.findall(r"\d+", n)))
-        return convs, list(HEADS["vgg"])
-    fires = sorted(
-        {int(m.group(1)) for n in names if (m := re.fullmatch(r"fire(\d+)_squeeze1x1", n))}
-    )
-    convs = ["conv1"] + [f"fire{k}_{part}" for k in fires for part in _FIRE_PARTS.values()]
-    return convs, list(HEADS["squeezenet"])
-
-
-def _source_modules(modules, fam: str) -> tuple[list[str], list[str], list[str]]:
-    """(feature modules in order, head modules in order, modules that fit neither)."""
-    features, head, other = [], [], []
-    for module in sorted(modules, key=_module_key):
-        parts = module.split(".")
-        if parts[0] == "features" and len(parts) >= 2 and parts[1].isdigit():
-            if len(parts) == 2 or (
-                fam == "squeezenet" and len(parts) == 3 and parts[2] in _FIRE_PARTS
-            ):
-                features.append(module)
-                continue
-        if parts[0] == "classifier" and len(parts) == 2 and parts[1].isdigit():
-            head.append(module)
+        if param in IGNORED_PARAMS:
             continue
-        other.append(module)
-    if fam == "squeezenet":
-        order = list(_FIRE_PARTS)
-        features.sort(key=lambda m: (_module_key(m)[:2], order.index(m.split(".")[2])
-                                     if m.count(".") == 2 else -1))
-    return features, head, other
+        modules.setdefault(module, {})[param] = value
+    return modules
 
 
-def _flatten_channels(model) -> int | None:
-    """Channel count entering the flatten (VGG: the last convolution's filters)."""
-    for layer in reversed(model.layers):
-        if re.fullmatch(r"block\d+_conv\d+", layer.name):
-            return int(layer.kernel.shape[-1])
-    return None
+def _flatten_input(layer):
+    """(channels, height, width) of the feature map a Flatten feeds into this
+    Dense layer, or None where the Dense layer does not follow a Flatten."""
+    import keras
+
+    try:
+        node_layer = layer.input._keras_history.operation
+        while isinstance(node_layer, keras.layers.Dropout):
+            node_layer = node_layer.input._keras_history.operation
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(node_layer, keras.layers.Flatten):
+        return None
+    shape = tuple(node_layer.input.shape[1:])
+    if len(shape) != 3 or None in shape:
+        return None
+    if node_layer.data_format == "channels_first":
+        return shape
+    height, width, channels = shape
+    return channels, height, width
 
 
-def _convert(module: str, params: dict, *, after_flatten_channels: int | None):
-    weight = params.get("weight")
-    bias = params.get("bias")
-    if weight is None:
-        raise ValueError(f"{module}: has a bias but no weight")
-    weight = to_numpy(weight)
+def _dense_kernel(weight: np.ndarray, layer) -> np.ndarray:
+    chw = _flatten_input(layer)
+    out, features = weight.shape
+    if chw is not None and int(np.prod(chw)) == features:
+        # (out, C, H, W) -> (H, W, C, out) -> (H*W*C, out), in one copy.
+        weight = weight.reshape(out, *chw).transpose(2, 3, 1, 0)
+        return np.ascontiguousarray(weight).reshape(features, out)
+    return np.ascontiguousarray(weight.T)
+
+
+def _conv_kernel(weight: np.ndarray, layer) -> np.ndarray:
+    import keras
+
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        if weight.ndim != 4:
+            raise ValueError(f"a {weight.ndim}D weight for a depthwise convolution")
+        # (C * m, 1, kh, kw) -> (kh, kw, C, m)
+        channels = int(layer.kernel.shape[2])
+        total, _, kh, kw = weight.shape
+        multiplier = total // channels if channels and total % channels == 0 else total
+        weight = weight.reshape(channels, multiplier, kh, kw).transpose(2, 3, 0, 1)
+        return np.ascontiguousarray(weight)
+    if weight.ndim == 2:  # a Linear feeding a 1x1 convolution
+        return np.ascontiguousarray(weight.T)[None, None]
+    if weight.ndim != 4:
+        raise ValueError(f"a {weight.ndim}D weight for a convolution")
+    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+
+
+def convert_module(module: str, params: Mapping, layer) -> list[np.ndarray]:
+    """The arrays for ``layer``'s weights, in order, from one torch module's params."""
+    import keras
+
+    params = {k: to_numpy(v) for k, v in params.items()}
+    if layer is None:  # not in this model (a head left out): keep as read
+        return list(params.values())
+    if hasattr(layer, "from_torchvision"):
+        return [np.asarray(a) for a in layer.from_torchvision(params)]
+    known = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
+             keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+    if not isinstance(layer, known):
+        raise ValueError(f"no torchvision conversion for a {type(layer).__name__} layer")
     arrays = []
-    if weight.ndim == 4:
-        arrays.append(np.ascontiguousarray(weight.transpose(2, 3, 1, 0)))  # OIHW -> HWIO
-    elif weight.ndim == 2:
-        if after_flatten_channels:
-            out, features = weight.shape
-            channels = after_flatten_channels
-            side = math.isqrt(features // channels) if features % channels == 0 else 0
-            if side * side * channels != features:
-                raise ValueError(
-                    f"{module}: {features} inputs are not {channels} channels of a "
-                    f"square feature map, as the flatten before it gives"
-                )
-            # (out, C, H, W) -> (H, W, C, out) -> (H*W*C, out), in one copy.
-            weight = weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0)
-            arrays.append(np.ascontiguousarray(weight).reshape(features, out))
-        else:
-            arrays.append(np.ascontiguousarray(weight.T))  # (out, in) -> (in, out)
-    else:
-        raise ValueError(f"{module}.weight: a {weight.ndim}D tensor is not a Conv2d or Linear")
-    if bias is not None:
-        arrays.append(to_numpy(bias))
+    for variable in layer.weights:
+        key = variable.name.rsplit("/", 1)[-1]
+        param = _VARIABLE_PARAMS.get(key)
+        if param is None or param not in params:
+            raise ValueError(
+                f"has no {param or key!r} for the layer's {key} "
+                f"(has {', '.join(sorted(params)) or 'nothing'})")
+        value = params[param]
+        if key == "kernel":
+            if isinstance(layer, keras.layers.Dense):
+                if value.ndim != 2:
+                    raise ValueError(f"a {value.ndim}D weight for a Dense layer")
+                value = _dense_kernel(value, layer)
+            else:
+                value = _conv_kernel(value, layer)
+        arrays.append(value)
+    extra = set(params) - {_VARIABLE_PARAMS[v.name.rsplit("/", 1)[-1]] for v in layer.weights
+                           if v.name.rsplit("/", 1)[-1] in _VARIABLE_PARAMS}
+    if extra:
+        raise ValueError(f"unexpected {', '.join(sorted(extra))} for a {type(layer).__name__}")
     return arrays
 
 
 def read_state_dict(state: Mapping, model) -> SourceWeights:
-    """Map a torchvision-layout state dict onto ``model``'s layer names."""
-    fam = family(model)
-    if fam is None:
+    """Map a torchvision-layout state dict onto ``model``'s layers, by the
+    mapping its family declares."""
+    from multinet.layers import model_info
+    from multinet.registry import get_model_spec
+
+    info = model_info(model)
+    family = get_model_spec(info["model"]).family if info.get("model") else None
+    if family is None or family.torchvision_names is None:
+        what = f"family {family.name!r}" if family else "a model multinet did not build"
         raise ValueError(
-            f"torchvision weights map onto multinet VGG and SqueezeNet models only; "
-            f"model {model.name!r} has neither's layer names"
-        )
-    modules, odd_keys = _group_modules(state)
-    features, head, other = _source_modules(modules, fam)
-    target_features, target_head = _target_names(model, fam)
-    tensors, labels = {}, {}
-    channels = _flatten_channels(model) if fam == "vgg" else None
-
-    def add(name, module, arrays):
-        tensors[name] = arrays
-        labels[name] = module
-
-    for i, module in enumerate(features):
-        name = target_features[i] if i < len(target_features) else module
-        add(name, module, _convert(module, modules[module], after_flatten_channels=None))
-    for i, module in enumerate(head):
-        name = target_head[i] if i < len(target_head) else module
-        flatten = channels if (fam == "vgg" and i == 0) else None
-        add(name, module, _convert(module, modules[module], after_flatten_channels=flatten))
-    for module in other:
-        add(module, module, [to_numpy(v) for v in modules[module].values()])
-    for key in odd_keys:
-        add(key, key, [to_numpy(state[key])])
-    heads = {target_head[i] for i in range(min(len(head), len(target_head)))}
-    return SourceWeights("torchvision", tensors, labels, head=heads, preprocessing="torch")
+            f"torchvision weights need a multinet model whose family has a torchvision "
+            f"layout; {model.name!r} is {what}")
+    names = family.torchvision_names(info["model"], info.get("options") or {})
+    layers = {layer.name: layer for layer in model.layers}
+    tensors, labels, head, problems = {}, {}, set(), {}
+    for module, params in group_modules(state).items():
+        target = names.get(module)
+        if target is None:  # not this family's: reported as unexpected
+            for param, value in params.items():
+                key = f"{module}.{param}" if module else param
+                tensors[key] = [to_numpy(value)]
+            continue
+        labels[target] = module
+        try:
+            tensors[target] = convert_module(module, params, layers.get(target))
+        except ValueError as error:
+            problems[target] = str(error)
+            continue
+        if target in family.head_layers:
+            head.add(target)
+    preprocessing = family.preprocessing.get("torchvision")
+    return SourceWeights("torchvision", tensors, labels, head=head, preprocessing=preprocessing,
+                         problems=problems)
