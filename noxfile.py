@@ -19,6 +19,16 @@ BACKENDS = {
     "jax": ["jax>=0.4.30"],
     "torch": ["torch==2.13.0"],
 }
+# The independent references the tests compare the model families with, each
+# in the session whose framework runs it: torchvision's model code (pure
+# Python beside the CPU torch build; see tests/references.py) and the original
+# Keras 2 applications. tf-keras asks for the full `tensorflow` package, which
+# tensorflow-cpu already provides, hence --no-deps.
+REFERENCES = {
+    "tensorflow": ["--no-deps", "tf-keras==2.21.0"],
+    "jax": [],
+    "torch": ["torchvision==0.28.0"],
+}
 
 
 def install_backend(session: nox.Session, backend: str, *extras: str) -> None:
@@ -42,6 +52,8 @@ def backend_env(session: nox.Session, backend: str) -> dict[str, str]:
 def tests(session: nox.Session, backend: str) -> None:
     """The full test suite on one backend: nox -s "tests(backend='jax')"."""
     install_backend(session, backend, "test", "bench")
+    if REFERENCES[backend]:
+        session.install(*REFERENCES[backend])
     session.run("pytest", *session.posargs, env=backend_env(session, backend))
 
 
