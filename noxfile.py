@@ -50,11 +50,18 @@ def backend_env(session: nox.Session, backend: str) -> dict[str, str]:
 @nox.session
 @nox.parametrize("backend", list(BACKENDS))
 def tests(session: nox.Session, backend: str) -> None:
-    """The full test suite on one backend: nox -s "tests(backend='jax')"."""
+    """The full test suite on one backend: nox -s "tests(backend='jax')".
+
+    pytest's temporary folders go into the session's own tmp folder, not /tmp:
+    pytest empties it at the start of each run, and .ci/run deletes it with the
+    environment.
+    """
     install_backend(session, backend, "test", "bench")
     if REFERENCES[backend]:
         session.install(*REFERENCES[backend])
-    session.run("pytest", *session.posargs, env=backend_env(session, backend))
+    basetemp = os.path.join(session.create_tmp(), "pytest")
+    session.run("pytest", f"--basetemp={basetemp}", *session.posargs,
+                env=backend_env(session, backend))
 
 
 @nox.session

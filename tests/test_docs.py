@@ -1,0 +1,160 @@
+"""README.md and docs/: the models table matches the registry, every relative
+link and anchor resolves, every docs page is reachable from the README, and
+the README's Quick start runs as written (its one download replaced by a local
+file in the published layout)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import weight_fixtures as wf
+
+import multinet
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+_INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$", re.M)
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+
+
+def generator():
+    spec = importlib.util.spec_from_file_location("gen_models_table",
+                                                  ROOT / "docs" / "gen_models_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prose(text: str) -> str:
+    """Markdown without code blocks and code spans, where links are not links."""
+    return _CODE_SPAN.sub("", _FENCE.sub("", text))
+
+
+def links(text: str) -> list[str]:
+    body = prose(text)
+    return _INLINE_LINK.findall(body) + _REFERENCE_LINK.findall(body)
+
+
+def anchors(text: str) -> set[str]:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to '-',
+    '-1', '-2'... for repeats."""
+    seen: dict[str, int] = {}
+    result = set()
+    for heading in _HEADING.findall(_FENCE.sub("", text)):
+        heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        result.add(slug if count == 0 else f"{slug}-{count}")
+    return result
+
+
+def test_markdown_helpers_find_what_github_renders():
+    text = ("# Two `words`, here\n## Two words here\nsee [a](docs/a.md#x) ![c](img.png)\n"
+            "`[not](code.md)`\n```\n[no](block.md)\n```\n[ref]: other.md\n")
+    assert links(text) == ["docs/a.md#x", "img.png", "other.md"]
+    assert anchors(text) == {"two-words-here", "two-words-here-1"}
+
+
+def test_models_table_is_current():
+    gen = generator()
+    text = README.read_text(encoding="utf-8")
+    expected = gen.with_table(text, gen.render_table())
+    assert text == expected, (
+        "README.md's models table differs from the registry: run python docs/gen_models_table.py")
+
+
+def test_models_table_lists_every_registered_model():
+    table = generator().render_table()
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == multinet.list_models()
+    squeezenet = next(row for row in rows if row.startswith("| `squeezenet1_1`"))
+    spec = multinet.get_model_spec("squeezenet1_1")
+    assert f"{spec.num_params:,}" in squeezenet
+    for entry in spec.weights:
+        assert f"`{entry.name}`" in squeezenet and entry.preprocessing in squeezenet
+
+
+def test_stale_table_is_rewritten_between_the_markers_only(tmp_path):
+    gen = generator()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{gen.START}\n| old | table |\n{gen.END}\noutro\n")
+    assert gen.main(["--check", "--readme", str(readme)]) == 1
+    assert gen.main(["--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{gen.START}\n") and text.endswith(f"{gen.END}\noutro\n")
+    assert "| old | table |" not in text and gen.render_table() in text
+    assert gen.main(["--check", "--readme", str(readme)]) == 0
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="models:start"):
+        gen.main(["--readme", str(readme)])
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_relative_links_resolve(page):
+    text = page.read_text(encoding="utf-8")
+    broken = []
+    for target in links(text):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:
+            continue
+        path, _, fragment = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target} (no such file)")
+        elif fragment and file.suffix == ".md" and fragment not in anchors(
+                file.read_text(encoding="utf-8")):
+            broken.append(f"{target} (no heading with that anchor)")
+    assert not broken, f"{page.relative_to(ROOT)}: broken links: {', '.join(broken)}"
+
+
+def test_readme_links_every_docs_page():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(README.read_text())}
+    missing = [p.name for p in DOCS if p.resolve() not in linked]
+    assert DOCS and not missing, f"docs pages not linked from README.md: {missing}"
+
+
+def quick_start_code() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
+    assert blocks, "README.md's Quick start has no python block"
+    return blocks[0]
+
+
+def test_quick_start_runs(tmp_path, monkeypatch, capsys):
+    """The README's Quick start, exec'd as written. The published squeezenet1_1
+    file is replaced by one in the same (torchvision) layout whose classifier
+    says "tabby" for any image, so the printed labels show that the weights
+    were loaded and the predictions decoded."""
+    from safetensors.numpy import save_file
+
+    import multinet.weights
+
+    state = wf.torchvision_state_dict("squeezenet1_1")
+    state["classifier.1.weight"] = np.zeros_like(state["classifier.1.weight"])
+    state["classifier.1.bias"] = np.zeros(1000, np.float32)
+    state["classifier.1.bias"][281] = 10.0  # n02123045 tabby
+    local = tmp_path / "squeezenet1_1.safetensors"
+    save_file(state, local)
+    asked = []
+
+    def fetch(entry, include_top=True, *, model_name="this model"):
+        asked.append((model_name, entry.name))
+        return local
+
+    monkeypatch.setattr(multinet.weights, "fetch", fetch)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(quick_start_code(), "README.md (Quick start)", "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out
+    assert asked == [("squeezenet1_1", "torchvision")]
+    assert re.search(r"\[\[\('n02123045', 'tabby', ", printed), printed
