@@ -10,6 +10,7 @@ tensorflow nothing may change.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -95,6 +96,15 @@ def test_the_command_runs_on_the_pick_with_the_keras_json_keras_wrote(tmp_path):
     assert own_lines(result.stderr) == ([NOTICE] if PICKED else [])
 
 
+def test_the_selection_imports_neither_keras_nor_a_backend():
+    tree = ast.parse(Path(backend_select.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported & {"keras", "tensorflow", "jax", "torch", "multinet"} == set()
+
+
 def test_keras_backend_list_matches_keras():
     source = Path(importlib.util.find_spec("keras.src.backend").origin).read_text()
     assert set(re.findall(r'backend\(\) == "(\w+)"', source)) == set(
@@ -145,10 +155,11 @@ def test_a_misspelled_keras_backend_is_one_line_naming_the_valid_ones(tmp_path, 
     if name == "Jax" and "jax" in INSTALLED:
         assert line.endswith("did you mean KERAS_BACKEND=jax?")
 
-    code = ("import multinet\n"
-            "try:\n    multinet.create_model\nexcept ImportError as e:\n    print(e)")
+    code = ("import sys, multinet\n"
+            "try:\n    multinet.create_model\nexcept ImportError as e:\n    print(e)\n"
+            "print('keras' in sys.modules)")
     library = fresh_python(tmp_path, code=code, env={"KERAS_BACKEND": name})
-    assert library.stdout.splitlines() == [line.removeprefix("multinet: error: ")]
+    assert library.stdout.splitlines() == [line.removeprefix("multinet: error: "), "False"]
 
 
 def test_too_late_when_keras_was_imported_first(tmp_path):
