@@ -1,15 +1,23 @@
 """multinet: a backend-agnostic model library on Keras 3.
 
-Importing multinet registers its Keras layers (so ``keras.saving.load_model``
-reads ``.keras`` files that use them); the rest of the public names load on
-first use. Where Keras' backend is not installed, ``import multinet`` still
-succeeds and the first use raises the ImportError, so the ``multinet``
-command can say what to do instead of failing inside Keras' own import.
+Importing multinet first settles Keras' backend (``multinet.backend_select``):
+where it would be Keras' default, TensorFlow, and TensorFlow is not installed,
+an installed backend is used instead and one line on stderr says which. Then
+it registers its Keras layers (so ``keras.saving.load_model`` reads ``.keras``
+files that use them); the rest of the public names load on first use. Where
+the backend chosen cannot be loaded (not installed, or a misspelled name),
+``import multinet`` still succeeds and the first use raises an ImportError
+whose one-line message says what to do.
 """
 
 from __future__ import annotations
 
 import importlib
+
+# Before anything imports Keras: Keras reads its backend once, at import.
+from multinet import backend_select as _backend_select
+
+_BACKEND_PROBLEM = _backend_select.configure().problem
 
 __version__ = "0.1.0"
 
@@ -33,13 +41,16 @@ _SUBMODULES = {"backend", "benchmark", "layers", "models", "preprocessing", "reg
 
 __all__ = sorted([*_EXPORTS, "__version__", "layers", "models"])
 
-try:
-    from multinet import layers  # noqa: F401  (registers the serializable layers)
-except ImportError:  # Keras' backend is missing: reported on first use
-    pass
+if _BACKEND_PROBLEM is None:
+    try:
+        from multinet import layers  # noqa: F401  (registers the serializable layers)
+    except ImportError:  # Keras' backend fails to load: reported on first use
+        pass
 
 
 def __getattr__(name: str):
+    if _BACKEND_PROBLEM is not None and (name in _EXPORTS or name in _SUBMODULES):
+        raise ImportError(_BACKEND_PROBLEM)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _SUBMODULES:

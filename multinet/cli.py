@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import importlib.metadata
-import importlib.util
 import inspect
 import json
 import os
@@ -25,11 +23,10 @@ import keras
 import numpy as np
 
 import multinet
-from multinet import backend
+from multinet import backend, backend_select
 from multinet.layers import image_shape
 from multinet.registry import ModelSpec
 
-BACKENDS = ("tensorflow", "jax", "torch")
 RANDOM_WEIGHTS = "random"
 # Arguments every builder takes; the rest of its signature are the family options.
 _COMMON_BUILDER_ARGS = {
@@ -698,47 +695,6 @@ def cmd_bench(args) -> int:
 # --- doctor -------------------------------------------------------------------
 
 
-def _backend_source() -> str:
-    if os.environ.get("KERAS_BACKEND"):
-        return "KERAS_BACKEND"
-    path = _keras_json_path()
-    config = _read_keras_json(path)
-    if config and "backend" in config:
-        return str(path)
-    return "default"
-
-
-def _keras_json_path() -> Path:
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "keras.json"
-
-
-def _read_keras_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def installed_backends() -> dict:
-    """{backend: version or None}, found without importing them."""
-    found = {}
-    for name in BACKENDS:
-        if importlib.util.find_spec(name) is None:
-            found[name] = None
-            continue
-        version = None
-        for dist in {"tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
-                     "jax": ("jax",), "torch": ("torch",)}[name]:
-            try:
-                version = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        found[name] = version or "installed"
-    return found
-
-
 def self_check(size: int = 64) -> tuple[bool, float]:
     """squeezenet1_1 computing in channels_last and in channels_first, weights
     copied across: (outputs agree, max difference) on a random batch."""
@@ -759,22 +715,23 @@ def self_check(size: int = 64) -> tuple[bool, float]:
 def cmd_doctor(args) -> int:
     from multinet.weights import cache_dir
 
+    choice = backend_select.CHOICE or backend_select.resolve()
     rows = [
         ("multinet", f"{multinet.__version__} ({Path(multinet.__file__).parent})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("keras", keras.__version__),
         ("backend", f"{backend.name()} {backend.framework_version()} "
-                    f"(from {_backend_source()})"),
+                    f"(from {choice.describe_source()})"),
     ]
-    installed = installed_backends()
+    installed = backend_select.installed_backends()
     rows.append(("installed", ", ".join(
         f"{name} {version}" if version else f"{name} (not installed)"
         for name, version in installed.items())))
     gpus = backend.gpu_devices()
     rows.append(("devices", ", ".join(f"GPU {g}" for g in gpus) if gpus else
                  f"CPU only: {os.cpu_count()} cores ({platform.machine()})"))
-    path = _keras_json_path()
-    config = _read_keras_json(path)
+    path = backend_select.keras_json_path()
+    config = backend_select.read_keras_json(path)
     fmt = keras.config.image_data_format()
     if config and "image_data_format" in config:
         origin = str(path)

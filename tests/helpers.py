@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+# Lines TensorFlow writes to stderr at import whatever TF_CPP_MIN_LOG_LEVEL says.
+_FRAMEWORK_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the "
+                              r"following instructions)")
+
+
+def own_lines(stderr: str) -> list[str]:
+    """The non-empty lines of a subprocess' stderr that are not a framework's start-up noise."""
+    return [line for line in stderr.splitlines() if line.strip() and
+            not _FRAMEWORK_NOISE.match(line)]
 
 
 def images(rng, batch, size, data_format, channels=3):

@@ -479,13 +479,3 @@ def test_debug_shows_the_traceback(env):
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "image file not found: nope.jpg" in result.stderr
 
-
-def test_backend_not_installed_is_one_line(env):
-    import importlib.util
-
-    missing = [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b) is None]
-    if not missing:
-        pytest.skip("every backend is installed here; nothing to be missing")
-    result = run(dict(env, KERAS_BACKEND=missing[0]), "list")
-    fails(result, f"the Keras backend '{missing[0]}' cannot be imported",
-          f'pip install "multinet[{missing[0]}]"', "KERAS_BACKEND=", status=1)
