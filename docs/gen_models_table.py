@@ -41,7 +41,7 @@ def render_table() -> str:
     for name in multinet.list_models():
         spec = multinet.get_model_spec(name)
         entries = "<br>".join(_entry_cell(spec, e) for e in spec.weights) or "none"
-        lines.append(f"| `{spec.name}` | {spec.family} | {spec.num_params:,} "
+        lines.append(f"| `{spec.name}` | {spec.family.name} | {spec.num_params:,} "
                      f"| {spec.default_size}x{spec.default_size} | {entries} |")
     return "\n".join(lines)
 
