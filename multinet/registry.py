@@ -21,6 +21,10 @@ class WeightsSpec:
     files, the sha256 prefix that torchvision puts in its file names, or None
     where nothing was published. ``arch_options`` are the model options the
     file needs (``ceil_mode=False`` for the keras-squeezenet port).
+    ``resize_size`` and ``interpolation`` describe the evaluation transform
+    the weights were published with: resize the short side to
+    ``resize_size`` (None: no resize before the crop), then center-crop
+    ``input_size`` (torchvision: 256 then 224, bilinear; some entries 232).
     """
 
     name: str
@@ -35,6 +39,8 @@ class WeightsSpec:
     notop_url: str | None = None
     notop_file_hash: str | None = None
     description: str = ""
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
         object.__setattr__(self, "arch_options", MappingProxyType(dict(self.arch_options)))
@@ -51,18 +57,21 @@ class WeightsSpec:
 TORCHVISION_ORIGIN = "https://download.pytorch.org/models/"
 
 
-def torchvision_weights(filename: str, **kwargs) -> WeightsSpec:
+def torchvision_weights(filename: str, *, name: str = "torchvision",
+                        description: str = "torchvision IMAGENET1K_V1", input_size: int = 224,
+                        resize_size: int = 256, **kwargs) -> WeightsSpec:
     """The entry for a torchvision ImageNet checkpoint such as ``vgg16-397923af.pth``,
     whose name carries the start of the file's sha256."""
     return WeightsSpec(
-        name="torchvision",
+        name=name,
         url=TORCHVISION_ORIGIN + filename,
         file_hash=filename.rsplit("-", 1)[1].split(".")[0],
         hash_algorithm="sha256",
         layout="torchvision",
         preprocessing="torch",
-        input_size=224,
-        description="torchvision IMAGENET1K_V1",
+        input_size=input_size,
+        resize_size=resize_size,
+        description=description,
         **kwargs,
     )
 
