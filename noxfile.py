@@ -80,8 +80,8 @@ def bench(session: nox.Session, backend: str) -> None:
     from every result file there. Arguments after -- go to benchmarks/run.py.
     """
     install_backend(session, backend, "bench")
-    if backend != "torch":
-        session.install(*BACKENDS["torch"])
+    # The native baseline: torch (the CPU build) and torchvision's model code.
+    session.install(*BACKENDS["torch"], *REFERENCES["torch"])
     env = backend_env(session, backend)
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
     session.run("python", "benchmarks/report.py", env=env)

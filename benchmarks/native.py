@@ -1,5 +1,5 @@
 """The native PyTorch baseline: torchvision-layout modules from
-``tests/torch_reference.py``, timed with the same loop as multinet
+``tests/torch_reference.py`` or torchvision's own model code, timed with the same loop as multinet
 (``multinet.benchmark.time_callable``) on the same inputs.
 
 Inference runs eagerly under ``torch.inference_mode()`` (optionally through
@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 from multinet.benchmark import Prepared, make_inputs, time_callable
@@ -32,6 +33,27 @@ def _reference():
     import torch_reference
 
     return torch_reference
+
+
+def build_module(name: str):
+    """The native PyTorch module of ``name``: the reference modules of
+    ``tests/torch_reference.py`` (SqueezeNet, VGG), else torchvision's own
+    model code (``torchvision.models.<name>``), in eval mode."""
+    reference = _reference()
+    try:
+        return reference.build(name)
+    except ValueError:
+        pass
+    # torchvision's compiled ops are built for another torch build and its
+    # _meta_registrations module fails to import; the model classes are pure
+    # Python and need none of it.
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("stub"))
+    import torchvision.models
+
+    builder = getattr(torchvision.models, name, None)
+    if builder is None:
+        raise ValueError(f"no native PyTorch module for {name!r}")
+    return builder().eval()
 
 
 def default_threads() -> int:
@@ -108,7 +130,7 @@ def _prepare(torch, result, name, batch_size, image_size, task, dtype, compile, 
              threads):
     torch.manual_seed(seed)
     start = time.perf_counter()
-    module = _reference().build(name).to(device)
+    module = build_module(name).to(device)
     images, labels = make_inputs(batch_size, image_size, "channels_first", seed=seed)
     x = torch.from_numpy(images).to(device)
     y = torch.from_numpy(labels).long().to(device)
