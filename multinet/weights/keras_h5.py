@@ -4,8 +4,8 @@ Legacy files list their layers in the root attribute ``layer_names`` (split
 into ``layer_names0``, ``layer_names1``, ... when large), possibly under a
 ``model_weights`` group; each layer group lists its datasets in
 ``weight_names`` (trainable first, then non-trainable). Names are read, never
-guessed. A '/' in a layer name (``fire2/squeeze1x1``) is a nested group in the
-file and ``_`` in multinet (``fire2_squeeze1x1``).
+guessed. A '/' in a layer name (``Conv/BatchNorm``) is a nested group in the
+file and ``_`` in multinet (``Conv_BatchNorm``).
 
 Keras 3 files store each layer's variables under ``layers/<key>/vars/<i>``,
 where ``<key>`` is the snake-cased class name numbered in layer order
