@@ -239,13 +239,18 @@ def create_model(
     """
     spec = get_model_spec(name)
     entry = resolve_weights(spec, weights)
-    # Everything about the weights is checked before the (slow) build: an
-    # entry's file is fetched, a file's content read for the options it needs.
-    path = None
-    if entry is not None:
-        from multinet.weights import fetch
+    # Everything about the weights is checked before the (slow) build: the
+    # options and input they need, then an entry's file is fetched or a
+    # file's content read.
+    if weights is not None:
+        from multinet.layers import standardize_data_format
+        from multinet.models.base import resolve_input_shape
 
-        path = fetch(entry, include_top=include_top, model_name=spec.name)
+        resolve_input_shape(
+            name, input_shape, input_tensor, data_format=standardize_data_format(data_format),
+            default_size=spec.default_size, min_size=1, include_top=include_top,
+            fixed_top_size=None, has_weights=True)
+    if entry is not None:
         needed, origin = dict(entry.arch_options), f"weights {entry.name!r}"
         if include_top and classes != entry.classes:
             raise ValueError(
@@ -267,6 +272,11 @@ def create_model(
             raise ValueError(
                 f"{name}: {origin} need {key}={value!r}, got {key}={model_kwargs[key]!r}")
         model_kwargs[key] = value
+    path = None
+    if entry is not None:
+        from multinet.weights import fetch
+
+        path = fetch(entry, include_top=include_top, model_name=spec.name)
     model = spec.builder(
         include_top=include_top,
         input_tensor=input_tensor,
