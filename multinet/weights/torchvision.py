@@ -64,7 +64,8 @@ def unwrap_checkpoint(obj):
 
 
 def _module_key(module: str):
-    return tuple(int(p) if p.isdigit() else p for p in module.split("."))
+    # Indices sort as numbers and before names: "features.x" and "features.3" still compare.
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in module.split("."))
 
 
 def _group_modules(state: Mapping) -> tuple[dict[str, dict[str, object]], list[str]]:
