@@ -30,7 +30,7 @@ from multinet.weights.pytorch import read_checkpoint
 from multinet.weights.safetensors import read_safetensors
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 MUTATIONS = settings(PROPERTY, max_examples=120)
 
