@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 from collections import OrderedDict
 
@@ -270,12 +271,14 @@ def check_opcodes(pickled: bytes, name: str) -> None:
     buffers by those numbers before it reads what follows)."""
     size = len(pickled)
     try:
-        for opcode, arg, position in pickletools.genops(pickled):
-            if opcode.name in _MEMO_OPS and arg > size or (
-                    opcode.name == "FRAME" and arg > size - position):
-                raise CheckpointError(
-                    f"{name}: {opcode.name} {arg} at byte {position} is past the end of "
-                    f"the {size}-byte pickle")
+        with warnings.catch_warnings():  # a text STRING with a bad escape warns as it decodes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for opcode, arg, position in pickletools.genops(pickled):
+                if opcode.name in _MEMO_OPS and arg > size or (
+                        opcode.name == "FRAME" and arg > size - position):
+                    raise CheckpointError(
+                        f"{name}: {opcode.name} {arg} at byte {position} is past the end of "
+                        f"the {size}-byte pickle")
     except CheckpointError:
         raise
     except Exception as error:  # an unknown opcode, a truncated argument
@@ -330,7 +333,9 @@ def read_checkpoint(path):
         pickled = _read_entry(archive, f"{prefix}data.pkl", archive_size)
         check_opcodes(pickled, f"{prefix}data.pkl")
         try:
-            obj = RestrictedUnpickler(io.BytesIO(pickled), read_storage).load()
+            with warnings.catch_warnings():  # as in check_opcodes
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = RestrictedUnpickler(io.BytesIO(pickled), read_storage).load()
         except CheckpointError:
             raise
         except Exception as error:  # a damaged pickle: every kind of failure, one type
