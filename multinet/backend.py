@@ -299,22 +299,6 @@ def bias_add(x, bias, data_format: str):
     return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
 
 
-def load_torch_checkpoint(path):
-    """Read a PyTorch checkpoint (``.pth``/``.pt``) safely: ``weights_only=True``
-    unpickles tensors and plain containers only, never arbitrary objects.
-
-    PyTorch is imported here, lazily; without it the error says what to do.
-    """
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            f"{path}: reading a PyTorch checkpoint needs PyTorch (pip install torch); "
-            "without it, convert the file to .safetensors, which loads without PyTorch"
-        ) from None
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_format,
                  groups=1, activation=None):
     """One-call 2D convolution, bias and ReLU where the backend has one; None elsewhere.

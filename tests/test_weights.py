@@ -9,12 +9,16 @@ file, and a plain-Keras rebuild of keras-squeezenet.
 from __future__ import annotations
 
 import functools
-import zipfile
+import os
+import re
+import shlex
+import sys
 
 import keras
 import numpy as np
 import pytest
 import weight_fixtures as wf
+from helpers import TorchTensor, write_torch_zip
 
 import multinet
 from multinet.weights import WeightsLoadError, loaded_weights
@@ -150,30 +154,52 @@ def test_torch_pth_and_module_state_dict(data_format, tmp_path):
     assert rel_error(out, expected) < TOL
 
 
-def test_pth_is_loaded_with_weights_only(tmp_path):
-    torch = pytest.importorskip("torch")
-    path = tmp_path / "evil.pth"
-    torch.save({"features.0.weight": torch.zeros(1), "payload": _Payload()}, path)
+class _Payload:
+    """Unpickling this calls ``function(*args)``, as a hostile checkpoint would."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("payload", ["os.system", "open"])
+def test_pth_payload_is_refused_and_never_run(payload, protocol, tmp_path):
+    created = tmp_path / "created-by-the-payload"
+    if payload == "os.system":
+        hostile = _Payload(os.system, f"touch {shlex.quote(str(created))}")
+        refused = r"refused global (posix|nt)\.system"
+    else:
+        hostile = _Payload(open, str(created), "w")
+        refused = r"refused global io\.open"  # builtins.open is io.open
+    path = write_torch_zip(tmp_path / "evil.pth", {
+        "features.0.weight": TorchTensor.of(np.zeros((64, 3, 3, 3), "float32")),
+        "features.0.bias": hostile,
+    }, protocol=protocol)
     model = build("squeezenet1_1", 64, "channels_last")
     before = snapshot(model)
-    with pytest.raises(WeightsLoadError, match="evil.pth"):
+    with pytest.raises(WeightsLoadError) as info:
         multinet.load_weights(model, path)
+    assert not created.exists()
+    assert re.search(refused, str(info.value)), str(info.value)
+    assert "evil.pth" in str(info.value) and "\n" not in str(info.value)
     assert_unchanged(model, before)
 
 
-class _Payload:
-    """An arbitrary object: unpickling it needs weights_only=False."""
-
-
-def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
-    path = tmp_path / "weights.pth"
-    with zipfile.ZipFile(path, "w") as archive:  # the zip layout torch.save writes
-        archive.writestr("weights/data.pkl", b"\x80\x02}q\x00.")
-        archive.writestr("weights/version", b"3\n")
-    model = build("squeezenet1_1", 64, "channels_last")
-    monkeypatch.setitem(__import__("sys").modules, "torch", None)
-    with pytest.raises(ImportError, match=r"weights\.pth.*needs PyTorch.*safetensors"):
-        multinet.load_weights(model, path)
+def test_torch_saved_pth_loads_with_torch_blocked(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    module, expected = torch_module_and_output("squeezenet1_1", 227)
+    path = tmp_path / "squeezenet1_1.pth"
+    torch.save(module.state_dict(), path)
+    model = build("squeezenet1_1", 227, "channels_last")
+    with monkeypatch.context() as blocked:
+        blocked.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+        report = multinet.load_weights(model, path)
+    assert report.layout == "torchvision" and report.num_values == model.count_params()
+    out = run(model, wf.to_format(wf.inputs_nchw(227), "channels_last"))
+    assert rel_error(out, expected) < TOL
 
 
 # -- legacy Keras HDF5 ---------------------------------------------------------
@@ -388,6 +414,15 @@ def test_bad_sources():
         multinet.load_weights(plain, state_dict("squeezenet1_1"))
     report = multinet.load_weights(plain, {"d": [np.ones((4, 2)), np.zeros(2)]})
     assert report.loaded == ["d"]
+
+
+def test_module_names_mixing_indices_and_words():
+    model = build("squeezenet1_1", 64, "channels_last")
+    state = dict(state_dict("squeezenet1_1"), **{"features.x.weight": np.zeros(3, "float32")})
+    before = snapshot(model)
+    with pytest.raises(WeightsLoadError, match=r"1 problem: features\.x: unexpected"):
+        multinet.load_weights(model, state)
+    assert_unchanged(model, before)
 
 
 # -- Keras 3 files ---------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from multinet.layers import info_layer, model_info
-from multinet.weights import keras_h5, torchvision
+from multinet.weights import keras_h5, pytorch, safetensors, torchvision
 from multinet.weights.report import LoadReport, WeightsLoadError, format_shapes
 from multinet.weights.source import SourceWeights
 
@@ -42,11 +42,9 @@ def model_family(model):
     return get_model_spec(name).family
 
 
-def _is_safetensors(head: bytes, size: int) -> bool:
-    if len(head) < 9:
-        return False
-    header_len = int.from_bytes(head[:8], "little")
-    return 2 <= header_len <= size - 8 and head[8:9] == b"{"
+def _is_safetensors(head: bytes) -> bool:
+    # An 8-byte header length, then the JSON header; its length is checked on read.
+    return head[8:9] == b"{"
 
 
 def detect_layout(path) -> str:
@@ -55,7 +53,6 @@ def detect_layout(path) -> str:
     ``torch``."""
     import h5py
 
-    size = os.path.getsize(path)
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head.startswith(HDF5_SIGNATURE) or h5py.is_hdf5(path):
@@ -73,7 +70,7 @@ def detect_layout(path) -> str:
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "torch"
         raise ValueError("a zip file that is neither a .keras archive nor a PyTorch checkpoint")
-    if _is_safetensors(head, size):
+    if _is_safetensors(head):
         return "safetensors"
     if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":  # a pickle, as old torch.save wrote
         return "torch"
@@ -135,12 +132,8 @@ def inspect_source(path) -> tuple[str, frozenset]:
 def _read_tensor_file(path: str, layout: str):
     """The mapping of names to arrays (or tensors) in a .safetensors or PyTorch file."""
     if layout == "safetensors":
-        from safetensors.numpy import load_file
-
-        return load_file(path)
-    from multinet import backend
-
-    return backend.load_torch_checkpoint(path)
+        return safetensors.read_safetensors(path)
+    return pytorch.read_checkpoint(path)
 
 
 def _read_mapping(mapping: Mapping, model) -> SourceWeights:
@@ -170,7 +163,7 @@ def load_weights(model, source, *, skip_mismatch: bool = False) -> LoadReport:
 
     Reads, by content: Keras 3 ``.weights.h5`` and ``.keras``; legacy Keras 1/2
     HDF5 (keras.applications, keras-squeezenet); torchvision checkpoints as
-    ``.pth``/``.pt`` (needs PyTorch) or ``.safetensors`` (does not); a mapping
+    ``.pth``/``.pt`` or ``.safetensors`` (neither needs PyTorch); a mapping
     of torchvision names to arrays or tensors (``module.state_dict()``), or of
     layer names to lists of arrays in Keras layouts.
 
