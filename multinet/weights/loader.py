@@ -131,21 +131,29 @@ def load_weights(model, source, *, skip_mismatch: bool = False) -> LoadReport:
     shapes differ are skipped (and reported) and the rest loads. A model
     built with ``include_top=False`` ignores the classifier of a full file.
     Returns a ``LoadReport``.
+
+    Raises, always before any variable is assigned:
+
+    - ``WeightsLoadError`` (a ``ValueError``), one line naming the file: the
+      file is unreadable (truncated, corrupt, not a weights file, a structure
+      or dtype Keras never writes, a tensor larger than the data it stores),
+      or its tensors do not fit the model. Every other exception raised while
+      reading becomes this one.
+    - ``FileNotFoundError`` when ``source`` is a path to no file.
+    - ``TypeError`` when ``source`` is neither a path nor a mapping.
+    - ``ImportError`` when a ``.pth`` file needs PyTorch and it is not installed.
     """
     described = _describe(source)
+    is_path = isinstance(source, (str, os.PathLike))
+    if not is_path and not isinstance(source, Mapping):
+        raise TypeError(
+            f"weights source must be a file path or a mapping, got {type(source).__name__}"
+        )
+    if is_path and not os.path.isfile(source):
+        raise FileNotFoundError(f"weights file not found: {os.fspath(source)}")
     try:
-        if isinstance(source, (str, os.PathLike)):
-            path = os.fspath(source)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"weights file not found: {path}")
-            found = _read_path(path, model)
-        elif isinstance(source, Mapping):
-            found = _read_mapping(source, model)
-        else:
-            raise TypeError(
-                f"weights source must be a file path or a mapping, got {type(source).__name__}"
-            )
-    except (FileNotFoundError, TypeError, ImportError):
+        found = _read_path(os.fspath(source), model) if is_path else _read_mapping(source, model)
+    except ImportError:  # PyTorch, to read a .pth
         raise
     except Exception as error:  # unreadable: truncated, garbage, wrong structure
         reason = " ".join(str(error).split()) or type(error).__name__
