@@ -552,8 +552,10 @@ def test_flipped_bytes(files, model, layout, data):
         model.set_weights(before)
 
 
+TORCH_MAGIC = multinet.weights.loader.TORCH_LEGACY_MAGIC
 PREFIXES = [b"", b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b"PK\x05\x06", b"\x80\x02", b"\x80\x04",
-            b"\x8a\x0a", (20).to_bytes(8, "little") + b'{"a": {"dtype": "F32"', b"{"]
+            b"\x8a\x0a", b"\x80\x02" + TORCH_MAGIC, (20).to_bytes(8, "little") + b'{"a": {"dt',
+            b"{"]
 
 
 def has_torch():
@@ -569,12 +571,42 @@ def has_torch():
        suffix=st.sampled_from([".h5", ".weights.h5", ".keras", ".pth", ".safetensors", ""]))
 def test_random_bytes_with_any_suffix(files, model, prefix, body, suffix):
     """Random bytes, after each format's magic bytes or none, named like each format.
-    Bytes that look like a pickle need PyTorch to be read: without it the error
-    is the ImportError that says so."""
+    Only bytes that start as torch.save's pickles do need PyTorch to be read:
+    without it the error is the ImportError that says so."""
     path = files["folder"] / f"random{suffix}"
     path.write_bytes(prefix + body)
     try:
         assert_rejected(model, path)
     except ImportError as error:
         assert not has_torch() and "PyTorch" in str(error)
-        assert multinet.weights.detect_layout(path) == "torch"
+        assert (prefix + body).startswith(b"\x80\x02" + TORCH_MAGIC)
+
+
+@pytest.mark.parametrize("head,layout", [
+    (b"\x80\x02" + TORCH_MAGIC + b".", "torch"),  # torch.save(..., pickle_protocol=2)
+    (b"\x80\x04\x95" + bytes(8) + TORCH_MAGIC + b".", "torch"),  # pickle_protocol=4
+    (b"\x80\x02}q\x00.", None),  # a pickle, but not one torch.save wrote
+    (b"\x80\x48" + bytes(30), None),  # an HDF5 signature with its first bits flipped
+    (b"\x8a\x0a" + bytes(10), None),
+])
+def test_only_torch_save_pickles_are_read_as_torch(files, head, layout):
+    path = files["folder"] / "pickle.bin"
+    path.write_bytes(head)
+    if layout:
+        assert multinet.weights.detect_layout(path) == layout
+    else:
+        with pytest.raises(ValueError, match="unrecognized weights format"):
+            multinet.weights.detect_layout(path)
+
+
+def test_a_non_zip_torch_save_file_loads(files):
+    torch = pytest.importorskip("torch")
+    state = {k: torch.from_numpy(v)
+             for k, v in wf.torchvision_state_dict("squeezenet1_1", classes=CLASSES).items()}
+    path = files["folder"] / "old_format.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    target = build()
+    report = multinet.load_weights(target, path)
+    assert report.layout == "torchvision" and len(report.loaded) == 26
+    np.testing.assert_array_equal(target.get_layer("conv1").kernel,
+                                  state["features.0.weight"].numpy().transpose(2, 3, 1, 0))

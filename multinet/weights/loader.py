@@ -14,6 +14,9 @@ from multinet.weights.report import LoadReport, WeightsLoadError, format_shapes
 from multinet.weights.source import SourceWeights
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# torch.save's non-zip format opens with a pickled magic number (a 10-byte long)
+# after the pickle's protocol header.
+TORCH_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 # What each model was last loaded with: entry name, layout, preprocessing.
 _LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -46,7 +49,7 @@ def detect_layout(path) -> str:
 
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        head = fh.read(16)
+        head = fh.read(32)
     if head.startswith(HDF5_SIGNATURE) or h5py.is_hdf5(path):
         with h5py.File(path, "r") as h5file:
             if keras_h5.legacy_root(h5file) is not None:
@@ -64,7 +67,7 @@ def detect_layout(path) -> str:
         raise ValueError("a zip file that is neither a .keras archive nor a PyTorch checkpoint")
     if _is_safetensors(head, size):
         return "safetensors"
-    if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":  # a pickle, as old torch.save wrote
+    if head[:1] in (b"\x80", b"\x8a") and TORCH_LEGACY_MAGIC in head:  # old torch.save
         return "torch"
     raise ValueError(
         "unrecognized weights format (expected Keras HDF5, .keras, .safetensors or a "
