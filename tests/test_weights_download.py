@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,7 +46,8 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def server(cache, monkeypatch):
-    """An HTTP server on 127.0.0.1 serving ``files``; ``hits`` lists requests.
+    """An HTTP server on 127.0.0.1 serving ``files`` (bytes, or a function that
+    answers the request handler itself); ``hits`` lists requests.
     MULTINET_WEIGHTS_MIRROR points at it."""
     files, hits = {}, []
 
@@ -51,6 +57,9 @@ def server(cache, monkeypatch):
             body = files.get(self.path.lstrip("/"))
             if body is None:
                 self.send_error(404, "no such file")
+                return
+            if callable(body):
+                body(self)
                 return
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -159,10 +168,11 @@ def test_offline_uses_only_the_cache(server, cache, monkeypatch):
     (cache / "offline.h5").write_bytes(data)
     assert fetch(spec) == cache / "offline.h5" and server.hits == []
     (cache / "offline.h5").write_bytes(payload(5))  # a wrong file put there by hand
-    with pytest.raises(WeightsUnavailableError, match="cached copy has md5"):
+    with pytest.raises(WeightsUnavailableError, match="cached copy at .* has md5"):
         fetch(spec)
     monkeypatch.delenv("MULTINET_OFFLINE")
-    assert fetch(spec).read_bytes() == data  # online, it is downloaded again
+    with pytest.warns(UserWarning, match="replaced by a fresh download"):
+        assert fetch(spec).read_bytes() == data  # online, it is downloaded again
     assert len(server.hits) == 1
 
 
@@ -226,3 +236,153 @@ def test_create_model_offline_error_names_file_url_and_cache(cache, monkeypatch)
     with pytest.raises(WeightsUnavailableError, match="squeezenet1_0-b66bff10.pth"):
         multinet.create_model("squeezenet1_0", weights="imagenet")
     assert cached_path(spec) is None
+
+
+# -- a wrong cached copy, a dropped connection, two processes at once --------------------------
+
+
+def test_a_wrong_cached_copy_is_reported_and_replaced(server, cache, monkeypatch):
+    good, bad = payload(7), payload(8, size=1000)
+    name = "cached.h5"
+    spec = entry(name, hashlib.md5(good).hexdigest(), "md5")
+    cache.mkdir(parents=True)
+    (cache / name).write_bytes(bad)
+    rejected = (f"the cached copy at {cache / name} has md5 {hashlib.md5(bad).hexdigest()}, "
+                f"expected {spec.file_hash}")
+    # Offline, or online when the download fails, the error says why the copy was not used.
+    monkeypatch.setenv("MULTINET_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as info:
+        fetch(spec, model_name="tiny")
+    assert rejected + ", so it was rejected" in str(info.value)
+    monkeypatch.delenv("MULTINET_OFFLINE")
+    with pytest.raises(WeightsUnavailableError) as info:  # the server has no such file
+        fetch(spec, model_name="tiny")
+    message = str(info.value)
+    assert "HTTP Error 404" in message or "404" in message
+    assert message.endswith("weights=PATH") and rejected + ", so it was rejected" in message
+    assert "\n" not in message and (cache / name).read_bytes() == bad
+    server.files[f"mirror/{name}"] = payload(9)  # a corrupt download: both are said
+    with pytest.raises(WeightsUnavailableError, match="is corrupt: .*so it was rejected"):
+        fetch(spec, model_name="tiny")
+    # Online with the right file served: downloaded again, with a warning.
+    server.files[f"mirror/{name}"] = good
+    with pytest.warns(UserWarning) as warned:
+        path = fetch(spec, model_name="tiny")
+    messages = [str(w.message) for w in warned]
+    assert [m for m in messages if rejected in m and "replaced by a fresh download" in m], messages
+    assert path.read_bytes() == good and leftovers(cache) == [name]
+    assert fetch(spec) == path and len(server.hits) == 3  # now trusted: no new download
+
+
+def dropping(data):
+    """A response that promises ``data`` and closes the connection halfway."""
+    def serve(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data[: len(data) // 2])
+        handler.wfile.flush()
+        handler.close_connection = True
+    return serve
+
+
+@pytest.mark.parametrize("published_hash", [True, False])
+def test_connection_dropped_mid_file(server, cache, published_hash):
+    data = payload(10)
+    name = "half.h5"
+    server.files[f"mirror/{name}"] = dropping(data)
+    spec = entry(name, hashlib.md5(data).hexdigest() if published_hash else None,
+                 "md5" if published_hash else None)
+    with pytest.raises(WeightsUnavailableError) as info:
+        fetch(spec, model_name="tiny")
+    message = str(info.value)
+    assert "\n" not in message and name in message and ORIGIN + name in message
+    assert f"download from {server.url}/mirror/{name}" in message
+    assert f"got only {len(data) // 2} out of {len(data)} bytes" in message
+    assert leftovers(cache) == [] and cached_path(spec) is None
+
+
+CHILD = """
+import json, sys
+from multinet.registry import WeightsSpec
+from multinet.weights import fetch
+path = fetch(WeightsSpec(**json.loads(sys.argv[1])), model_name="tiny")
+print("FETCHED", path)
+"""
+
+
+def test_two_processes_fetch_the_same_file_at_once(server, cache):
+    """This process and a child fetch one file at the same time (neither gets a
+    byte before both asked), the second still streaming when the first has
+    landed in the cache: both succeed, and the cache holds one complete,
+    hash-correct file and nothing else."""
+    data = payload(11, size=1 << 20)
+    name = "shared.h5"
+    target = cache / name
+    both_asked = threading.Barrier(2, timeout=240)
+    seen = []  # per request: did the target exist before its last bytes went out?
+    order = iter(range(2))
+
+    def serve(handler):
+        index = next(order)
+        both_asked.wait()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        step = len(data) // 16
+        for start in range(0, len(data) - step, step):
+            handler.wfile.write(data[start:start + step])
+            handler.wfile.flush()
+            time.sleep(0.01)
+        if index == 1:  # hold the last bytes until the other copy has landed
+            deadline = time.monotonic() + 120
+            while not target.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        seen.append((index, target.exists()))
+        handler.wfile.write(data[len(data) - step:])
+
+    server.files[f"mirror/{name}"] = serve
+    spec = entry(name, hashlib.md5(data).hexdigest(), "md5")
+    fields = {k: getattr(spec, k) for k in ("name", "url", "file_hash", "hash_algorithm",
+                                            "layout", "preprocessing", "input_size")}
+    env = dict(os.environ)
+    root = str(Path(multinet.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(fields)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    here = {}
+
+    def fetch_here():
+        try:
+            here["path"] = fetch(spec, model_name="tiny")
+        except Exception as error:  # reported below
+            here["error"] = error
+
+    thread = threading.Thread(target=fetch_here, daemon=True)
+    thread.start()
+    try:
+        out, err = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    thread.join(300)
+    assert child.returncode == 0, err[-3000:]
+    assert out.splitlines()[-1] == f"FETCHED {target}"
+    assert here == {"path": target}
+    assert sorted(seen) == [(0, False), (1, True)]  # they overlapped, and one landed first
+    assert len(server.hits) == 2
+    assert target.read_bytes() == data and leftovers(cache) == [name]
+
+
+def test_staging_folders_of_killed_processes_are_removed_a_day_later(server, cache):
+    data = payload(12)
+    server.files["mirror/later.h5"] = data
+    cache.mkdir(parents=True)
+    old, recent = cache / ".download-old", cache / ".download-recent"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "later.h5").write_bytes(data[:100])
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    fetch(entry("later.h5", hashlib.md5(data).hexdigest(), "md5"))
+    assert leftovers(cache) == [".download-recent", "later.h5"]  # another download may own it

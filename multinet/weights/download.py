@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import urllib.parse
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from multinet.weights.report import WeightsUnavailableError
 ENV_OFFLINE = "MULTINET_OFFLINE"
 ENV_MIRROR = "MULTINET_WEIGHTS_MIRROR"
 CACHE_SUBDIR = "models"
+# A staging folder this old was left by a process that was killed mid-download.
+STALE_STAGING_SECONDS = 24 * 3600
 
 _VERIFIED: set = set()  # (path, size, mtime) of cached files whose hash was checked
 
@@ -97,38 +100,45 @@ def _unavailable(what: str, name: str, url: str, target: Path, reason: str):
 def fetch(entry, include_top: bool = True, *, model_name: str = "this model") -> Path:
     """The entry's file in the cache, downloaded first if needed.
 
-    Downloads go to a temporary name in the cache folder through
-    ``keras.utils.get_file``, are hash-checked (the full md5 of keras files,
-    the sha256 prefix of torchvision's), and only then moved into place, so
-    the cache never holds a partial or corrupt file. A file without a
-    published hash is accepted with a warning giving its sha256.
+    Downloads go through ``keras.utils.get_file`` into a staging folder of
+    this call's own inside the cache folder, are hash-checked (the full md5 of
+    keras files, the sha256 prefix of torchvision's), and only then moved into
+    place with one atomic ``os.replace``, so the cache never holds a partial
+    or corrupt file, whatever else runs: processes fetching the same file at
+    once each stage their own copy and the last identical copy to land wins,
+    and a download cut short is deleted with its staging folder (one left by
+    a killed process is removed a day later). A file without a published hash
+    is accepted with a warning giving its sha256.
+
+    A cached copy with the wrong hash is rejected: it is downloaded again with
+    a warning that says so, or, offline or when the download fails, the error
+    says so. Raises ``WeightsUnavailableError`` (one line: the file, its URL,
+    the cache path to put it at, and why).
     """
     name, url, file_hash, algorithm = file_for(entry, include_top)
     folder = cache_dir()
     target = folder / name
     what = f"{model_name} with weights {entry.name!r}"
+    rejected = None  # why a cached copy was not used
     if target.is_file():
-        if file_hash is None:
+        actual = None if file_hash is None else _wrong_digest(target, file_hash, algorithm)
+        if actual is None:
             return target
-        stat = target.stat()
-        key = (str(target), stat.st_size, stat.st_mtime_ns)
-        if key in _VERIFIED:
-            return target
-        ok, actual = hash_matches(target, file_hash, algorithm)
-        if ok:
-            _VERIFIED.add(key)
-            return target
+        rejected = (f"the cached copy at {target} has {algorithm} {actual}, expected "
+                    f"{file_hash}")
         if offline():
             raise _unavailable(
                 what, name, url, target,
-                f"the cached copy has {algorithm} {actual}, expected {file_hash}; "
-                f"replace it, or unset {ENV_OFFLINE} to download it again")
+                f"{rejected}, so it was rejected; replace it, or unset {ENV_OFFLINE} to "
+                "download it again")
     if offline():
         raise _unavailable(what, name, url, target,
                            f"offline mode ({ENV_OFFLINE}=1) and it is not in the cache")
     mirror = os.environ.get(ENV_MIRROR, "").strip()
     source = f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}" if mirror else url
+    also = f"; {rejected}, so it was rejected" if rejected else ""
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(folder)
     staging = tempfile.mkdtemp(prefix=".download-", dir=folder)
     try:
         import keras
@@ -139,15 +149,18 @@ def fetch(entry, include_top: bool = True, *, model_name: str = "this model") ->
             reason = " ".join(str(error).split()) or type(error).__name__
             where = f" (mirror {mirror})" if mirror else ""
             raise _unavailable(what, name, url, target,
-                               f"download from {source}{where} failed: {reason}") from None
+                               f"download from {source}{where} failed: {reason}{also}") from None
         downloaded = Path(staging) / name
+        if not downloaded.is_file():  # get_file fell back to another folder
+            raise _unavailable(what, name, url, target,
+                               f"the download from {source} did not land in {staging}{also}")
         if file_hash is not None:
             ok, actual = hash_matches(downloaded, file_hash, algorithm)
             if not ok:
                 raise _unavailable(
                     what, name, url, target,
                     f"the file downloaded from {source} is corrupt: {algorithm} {actual} does "
-                    f"not match the published {file_hash}; it was deleted")
+                    f"not match the published {file_hash}; it was deleted{also}")
         else:
             warnings.warn(
                 f"{name} (from {source}) has no published hash; its sha256 is "
@@ -155,8 +168,39 @@ def fetch(entry, include_top: bool = True, *, model_name: str = "this model") ->
                 UserWarning, stacklevel=3,
             )
         os.replace(downloaded, target)
-        stat = target.stat()
-        _VERIFIED.add((str(target), stat.st_size, stat.st_mtime_ns))
+        if rejected:
+            warnings.warn(f"{name}: {rejected}; it was replaced by a fresh download from "
+                          f"{source}", UserWarning, stacklevel=3)
+        if file_hash is not None:
+            _remember_verified(target)
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    cutoff = time.time() - STALE_STAGING_SECONDS
+    for staging in folder.glob(".download-*"):
+        try:
+            if staging.is_dir() and staging.stat().st_mtime < cutoff:
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError:  # removed meanwhile by another process
+            pass
+
+
+def _wrong_digest(path: Path, file_hash: str, algorithm: str) -> str | None:
+    """None if the file at ``path`` has the hash (checked once per version of
+    the file), else the digest it has."""
+    stat = path.stat()
+    if (str(path), stat.st_size, stat.st_mtime_ns) in _VERIFIED:
+        return None
+    ok, actual = hash_matches(path, file_hash, algorithm)
+    if ok:
+        _remember_verified(path, stat)
+        return None
+    return actual
+
+
+def _remember_verified(path: Path, stat=None) -> None:
+    stat = stat or path.stat()
+    _VERIFIED.add((str(path), stat.st_size, stat.st_mtime_ns))

@@ -14,6 +14,9 @@ from multinet.weights.report import LoadReport, WeightsLoadError, format_shapes
 from multinet.weights.source import SourceWeights
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# torch.save's non-zip format opens with a pickled magic number (a 10-byte long)
+# after the pickle's protocol header.
+TORCH_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 def loaded_weights(model) -> dict | None:
     """``{"entry", "layout", "preprocessing", "source"}`` of the weights last
@@ -54,7 +57,7 @@ def detect_layout(path) -> str:
     import h5py
 
     with open(path, "rb") as fh:
-        head = fh.read(16)
+        head = fh.read(32)
     if head.startswith(HDF5_SIGNATURE) or h5py.is_hdf5(path):
         with h5py.File(path, "r") as h5file:
             if keras_h5.legacy_root(h5file) is not None:
@@ -72,7 +75,7 @@ def detect_layout(path) -> str:
         raise ValueError("a zip file that is neither a .keras archive nor a PyTorch checkpoint")
     if _is_safetensors(head):
         return "safetensors"
-    if head[:1] == b"\x80" or head[:2] == b"\x8a\x0a":  # a pickle, as old torch.save wrote
+    if head[:1] in (b"\x80", b"\x8a") and TORCH_LEGACY_MAGIC in head:  # old torch.save
         return "torch"
     raise ValueError(
         "unrecognized weights format (expected Keras HDF5, .keras, .safetensors or a "
@@ -174,21 +177,29 @@ def load_weights(model, source, *, skip_mismatch: bool = False) -> LoadReport:
     shapes differ are skipped (and reported) and the rest loads. A model
     built with ``include_top=False`` ignores the classifier of a full file.
     Returns a ``LoadReport``.
+
+    Raises, always before any variable is assigned:
+
+    - ``WeightsLoadError`` (a ``ValueError``), one line naming the file: the
+      file is unreadable (truncated, corrupt, not a weights file, a structure
+      or dtype Keras never writes, a tensor larger than the data it stores),
+      or its tensors do not fit the model. Every other exception raised while
+      reading becomes this one.
+    - ``FileNotFoundError`` when ``source`` is a path to no file.
+    - ``TypeError`` when ``source`` is neither a path nor a mapping.
+    - ``ImportError`` when a ``.pth`` file needs PyTorch and it is not installed.
     """
     described = _describe(source)
+    is_path = isinstance(source, (str, os.PathLike))
+    if not is_path and not isinstance(source, Mapping):
+        raise TypeError(
+            f"weights source must be a file path or a mapping, got {type(source).__name__}"
+        )
+    if is_path and not os.path.isfile(source):
+        raise FileNotFoundError(f"weights file not found: {os.fspath(source)}")
     try:
-        if isinstance(source, (str, os.PathLike)):
-            path = os.fspath(source)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"weights file not found: {path}")
-            found = _read_path(path, model)
-        elif isinstance(source, Mapping):
-            found = _read_mapping(source, model)
-        else:
-            raise TypeError(
-                f"weights source must be a file path or a mapping, got {type(source).__name__}"
-            )
-    except (FileNotFoundError, TypeError, ImportError):
+        found = _read_path(os.fspath(source), model) if is_path else _read_mapping(source, model)
+    except ImportError:  # PyTorch, to read a .pth
         raise
     except Exception as error:  # unreadable: truncated, garbage, wrong structure
         reason = " ".join(str(error).split()) or type(error).__name__
