@@ -473,3 +473,13 @@ def test_create_model_with_a_path_remembers_the_mode(keras_squeezenet_file, tmp_
     model = multinet.create_model("squeezenet1_1", weights=str(tmp_path / "tv.safetensors"))
     assert loaded_weights(model)["layout"] == "torchvision"
     assert multinet.preprocess_input(x[:, :224, :224], model=model).dtype == np.float32
+
+
+def test_text_arrays_are_a_weights_error_that_names_the_layer():
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="d")])
+    before = [w.copy() for w in plain.get_weights()]
+    with pytest.raises(WeightsLoadError, match=r"d holds <U1 values that are not numbers"):
+        multinet.load_weights(plain, {"d": [np.array([["a", "b"], ["c", "d"]]),
+                                            np.array(["e", "f"])]})
+    for x, y in zip(plain.get_weights(), before):
+        np.testing.assert_array_equal(x, y)

@@ -270,7 +270,15 @@ def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool)
     for name, variables, arrays in plan:
         values = []
         for variable, array in zip(variables, arrays):
-            value = np.asarray(array, dtype=variable.dtype)
+            try:
+                value = np.asarray(array, dtype=variable.dtype)
+            except (TypeError, ValueError) as error:
+                reason = " ".join(str(error).split()) or type(error).__name__
+                raise WeightsLoadError(
+                    f"cannot load weights from {described} into {model.name}: "
+                    f"{found.label(name)} holds {np.asarray(array).dtype} values that are not "
+                    f"numbers of {variable.dtype} ({reason})"
+                ) from error
             if not np.all(np.isfinite(value)):
                 raise WeightsLoadError(
                     f"cannot load weights from {described} into {model.name}: "
