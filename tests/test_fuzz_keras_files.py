@@ -132,7 +132,7 @@ def non_float(kind, shape):
 
 
 def layer_names(root):
-    return multinet.weights.keras_h5._read_list_attr(root, "layer_names")
+    return multinet.weights.keras_h5.read_list_attr(root, "layer_names")
 
 
 def set_layer_names(root, value, chunks=None):

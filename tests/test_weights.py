@@ -420,7 +420,7 @@ def test_module_names_mixing_indices_and_words():
     model = build("squeezenet1_1", 64, "channels_last")
     state = dict(state_dict("squeezenet1_1"), **{"features.x.weight": np.zeros(3, "float32")})
     before = snapshot(model)
-    with pytest.raises(WeightsLoadError, match=r"1 problem: features\.x: unexpected"):
+    with pytest.raises(WeightsLoadError, match=r"1 problem: features\.x\.weight: unexpected"):
         multinet.load_weights(model, state)
     assert_unchanged(model, before)
 

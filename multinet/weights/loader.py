@@ -77,6 +77,11 @@ def detect_layout(path) -> str:
         return "safetensors"
     if head[:1] in (b"\x80", b"\x8a") and TORCH_LEGACY_MAGIC in head:  # old torch.save
         return "torch"
+    if head[:1] == b"\x80":
+        raise ValueError(
+            "a pickle that is not a PyTorch checkpoint (not a zip file, no torch.save magic "
+            "number); re-save the tensors with a current torch.save, or convert them to "
+            ".safetensors")
     raise ValueError(
         "unrecognized weights format (expected Keras HDF5, .keras, .safetensors or a "
         "PyTorch checkpoint)"
