@@ -322,20 +322,18 @@ FAMILY = Family(
 for _model_name in DEPTHS:
     _entries = _weights(_model_name)
     _default = default_variant(_model_name)
-    _counts = f"torchvision {TORCHVISION_PARAMS[_model_name]:,} parameters"
-    if (_model_name, KERAS) in PARAMS:
-        _counts += f", keras.applications {PARAMS[(_model_name, KERAS)]:,} weights"
     register_model(ModelSpec(
         name=_model_name,
         family=FAMILY,
-        builder=functools.partial(_build, _model_name),
+        builder=functools.partial(_build, _model_name, variant=_default),
         default_size=DEFAULT_SIZE,
         min_size=MIN_SIZE,
         num_params=PARAMS[(_model_name, _default)],
         weights=_entries,
         default_weights=_entries[0].name,
-        description=(f"ResNet-{_model_name[6:]}, variant {_default!r} by default "
-                     f"({_counts})"),
+        description=(f"ResNet-{_model_name[6:]}, variant {_default!r} by default; "
+                     f"torchvision counts {TORCHVISION_PARAMS[_model_name]:,} parameters "
+                     f"(Keras also counts the BatchNorm statistics)"),
     ))
 
 _CONSTRUCTOR_NOTE = "``variant`` 'keras' (ResNet v1, the default) or 'torchvision' (v1.5)"
