@@ -181,7 +181,7 @@ def test_list_json_and_patterns(offline, capsys):
     status, out, _ = call(capsys, "list", "squeeze")  # no wildcard: a substring
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["squeezenet1_0",
                                                                   "squeezenet1_1"]
-    fails_here(capsys, "list", "resnet*", contains=["no model matches 'resnet*'"])
+    fails_here(capsys, "list", "densenet*", contains=["no model matches 'densenet*'"])
 
 
 def test_info(env, files):

@@ -17,10 +17,12 @@ PACKAGE = pathlib.Path(multinet.__file__).parent
 def test_list_models_sorted_with_wildcards():
     names = multinet.list_models()
     assert names == sorted(names)
-    assert names == ["squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19"]
+    assert names == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
+                     "squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19"]
     assert multinet.list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert multinet.list_models("*1_?") == ["squeezenet1_0", "squeezenet1_1"]
-    assert multinet.list_models("resnet*") == []
+    assert multinet.list_models("resnet?0*") == ["resnet101", "resnet50"]
+    assert multinet.list_models("densenet*") == []
 
 
 def test_unknown_model_lists_close_matches():
@@ -29,8 +31,8 @@ def test_unknown_model_lists_close_matches():
     with pytest.raises(ValueError, match=r"unknown model 'squeezenet'; did you mean "
                                          r"squeezenet1_[01], squeezenet1_[01]\?"):
         multinet.create_model("squeezenet")
-    with pytest.raises(ValueError, match=r"unknown model 'resnet50' \(multinet.list_models"):
-        multinet.create_model("resnet50")
+    with pytest.raises(ValueError, match=r"unknown model 'densenet121' \(multinet.list_models"):
+        multinet.create_model("densenet121")
 
 
 def test_model_name_keyword_names_the_keras_model():
