@@ -24,6 +24,7 @@ import weight_fixtures as wf
 
 import multinet
 from multinet import backend, cli
+from multinet.cli import common, doctor
 
 SCRIPT = Path(sys.executable).with_name("multinet")
 CAT = Path(multinet.__file__).parent / "data" / "cat.jpg"
@@ -293,7 +294,7 @@ def test_convert_legacy_and_torchvision(env, files, tmp_path):
         np.testing.assert_array_equal(a, b)
     # What convert recorded makes predict feed it right: caffe, 227, ceil_mode=False.
     spec = multinet.get_model_spec("squeezenet1_1")
-    info = cli.describe_weights_file(spec, str(dst))
+    info = common.describe_weights_file(spec, str(dst))
     assert (info["layout"], info["preprocessing"], info["input_size"]) == ("keras_v3", "caffe",
                                                                           227)
     assert info["arch_options"] == {"ceil_mode": False}
@@ -308,7 +309,7 @@ def test_convert_torchvision_and_mistakes(offline, files, tmp_path, capsys):
     assert "safetensors layout, 26 layers" in out
     assert re.search(r"features\.0 -> conv1\s+\(3, 3, 3, 64\)", out)
     assert re.search(r"classifier\.1 -> conv10\s+\(1, 1, 512, 1000\)", out)
-    info = cli.describe_weights_file(multinet.get_model_spec("squeezenet1_1"), str(dst))
+    info = common.describe_weights_file(multinet.get_model_spec("squeezenet1_1"), str(dst))
     assert (info["preprocessing"], info["input_size"]) == ("torch", 224)
     fails_here(capsys, "convert", files / "seeded.safetensors", dst, "-m", "squeezenet1_1",
                contains=["exists; pass --force"])
@@ -357,7 +358,7 @@ def test_doctor(env, files, tmp_path):
 
 
 def test_doctor_fails_when_the_formats_disagree(offline, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "self_check", lambda: (False, 0.25))
+    monkeypatch.setattr(doctor, "self_check", lambda: (False, 0.25))
     assert cli.main(["doctor"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out

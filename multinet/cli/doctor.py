@@ -1,0 +1,101 @@
+"""``multinet doctor``: check this installation."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import multinet
+from multinet import backend, backend_select
+from multinet.cli.common import err, human_size
+from multinet.layers import image_shape
+
+
+def add_parser(commands, parents):
+    p = commands.add_parser(
+        "doctor", parents=parents, help="check this installation",
+        description="Versions, installed backends, devices, the data format in force and "
+                    "where it comes from, the weights cache; then a self-check that a model "
+                    "gives the same outputs in both data formats. Exits 1 if a check fails.")
+    p.set_defaults(handler=run)
+
+
+def self_check(size: int = 64) -> tuple[bool, float]:
+    """squeezenet1_1 computing in channels_last and in channels_first, weights
+    copied across: (outputs agree, max difference) on a random batch."""
+    last = multinet.create_model("squeezenet1_1", data_format="channels_last",
+                                 compute_format="channels_last",
+                                 input_shape=image_shape(size, "channels_last"))
+    first = multinet.create_model("squeezenet1_1", data_format="channels_first",
+                                  compute_format="channels_first",
+                                  input_shape=image_shape(size, "channels_first"))
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype("float32")
+    a = keras.ops.convert_to_numpy(last(x, training=False))
+    b = keras.ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2)), training=False))
+    difference = float(np.max(np.abs(a - b)))
+    return bool(np.isfinite(difference) and difference < 1e-4), difference
+
+
+def run(args) -> int:
+    from multinet.weights import cache_dir
+
+    choice = backend_select.CHOICE or backend_select.resolve()
+    rows = [
+        ("multinet", f"{multinet.__version__} ({Path(multinet.__file__).parent})"),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("keras", keras.__version__),
+        ("backend", f"{backend.name()} {backend.framework_version()} "
+                    f"(from {choice.describe_source()})"),
+    ]
+    installed = backend_select.installed_backends()
+    rows.append(("installed", ", ".join(
+        f"{name} {version}" if version else f"{name} (not installed)"
+        for name, version in installed.items())))
+    gpus = backend.gpu_devices()
+    rows.append(("devices", ", ".join(f"GPU {g}" for g in gpus) if gpus else
+                 f"CPU only: {os.cpu_count()} cores ({platform.machine()})"))
+    path = backend_select.keras_json_path()
+    config = backend_select.read_keras_json(path)
+    fmt = keras.config.image_data_format()
+    if config and "image_data_format" in config:
+        origin = str(path)
+    else:
+        origin = f"default; no image_data_format in {path}"
+    rows.append(("data format", f"{fmt} (from {origin})"))
+    folder = cache_dir()
+    files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if not folder.is_dir():
+        content = "not created yet"
+    else:
+        content = f"{len(files)} file{'s' * (len(files) != 1)}"
+        if files:
+            content += f", {human_size(sum(p.stat().st_size for p in files))}"
+    rows.append(("weights cache", f"{folder} ({content})"))
+    known = {}
+    for name in multinet.list_models():
+        spec = multinet.get_model_spec(name)
+        for entry in spec.weights:
+            for url in (entry.url, entry.notop_url):
+                if url:
+                    known.setdefault(url.rsplit("/", 1)[-1], []).append(f"{name}/{entry.name}")
+    for key, value in rows:
+        print(f"{key:<14}{value}")
+    for p in files:
+        print(f"  {p.name:<56} {human_size(p.stat().st_size):>10}  "
+              f"{', '.join(known.get(p.name, ['not a multinet weights file']))}")
+    ok, difference = self_check()
+    verdict = "PASS" if ok else "FAIL"
+    print(f"self-check    squeezenet1_1 at 64x64 computing in channels_last and in "
+          f"channels_first, weights copied across: max output difference {difference:.1e}: "
+          f"{verdict}")
+    if not ok:
+        err(f"multinet doctor: error: self-check failed: outputs differ by {difference:.3g} "
+             f"between data formats")
+        return 1
+    return 0
