@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from multinet import backend
-from multinet.cli.common import CommandError, err, model_spec, positive_int, print_json
+from multinet.cli.common import (
+    DATA_FORMATS,
+    CommandError,
+    err,
+    model_spec,
+    positive_int,
+    print_json,
+)
 
 
 def add_parser(commands, parents):
-    formats = backend.DATA_FORMATS
     p = commands.add_parser(
         "bench", parents=parents, help="time one model on this backend",
         description="Inference (or training) throughput of one model with random weights on "
@@ -17,7 +22,7 @@ def add_parser(commands, parents):
                    metavar="N", help="one or more batch sizes (default: 1 8)")
     p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
                    help="input height and width (default: the model's default size)")
-    p.add_argument("--data-format", choices=formats, default=None,
+    p.add_argument("--data-format", choices=DATA_FORMATS, default=None,
                    help="default: keras.config.image_data_format()")
     p.add_argument("--task", choices=("inference", "train"), default="inference")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "mixed_bfloat16"),
@@ -51,7 +56,7 @@ def run(args) -> int:
         if not args.json:
             if result["status"] != "ok":
                 err(f"multinet bench: batch {batch_size}: {result['status']}: "
-                     f"{result.get('error', '')}")
+                    f"{result.get('error', '')}")
                 continue
             if len(results) == 1:
                 print(f"{spec.name} {args.task}, {size}x{size}, {result['data_format']}, "

@@ -7,13 +7,9 @@ import platform
 import sys
 from pathlib import Path
 
-import keras
-import numpy as np
-
 import multinet
-from multinet import backend, backend_select
+from multinet import backend_select
 from multinet.cli.common import err, human_size
-from multinet.layers import image_shape
 
 
 def add_parser(commands, parents):
@@ -25,24 +21,42 @@ def add_parser(commands, parents):
     p.set_defaults(handler=run)
 
 
-def self_check(size: int = 64) -> tuple[bool, float]:
-    """squeezenet1_1 computing in channels_last and in channels_first, weights
-    copied across: (outputs agree, max difference) on a random batch."""
-    last = multinet.create_model("squeezenet1_1", data_format="channels_last",
-                                 compute_format="channels_last",
-                                 input_shape=image_shape(size, "channels_last"))
-    first = multinet.create_model("squeezenet1_1", data_format="channels_first",
-                                  compute_format="channels_first",
-                                  input_shape=image_shape(size, "channels_first"))
-    first.set_weights(last.get_weights())
+def self_check_model() -> str:
+    """The model the self-check builds: the registry's smallest."""
+    return min(multinet.list_models(), key=lambda n: multinet.get_model_spec(n).num_params)
+
+
+def self_check(name: str | None = None, size: int = 64) -> tuple[bool, float, str]:
+    """A registered model (the smallest) computing in channels_last and in
+    channels_first, weights copied across: (outputs agree, max difference,
+    what was compared) on a random batch."""
+    import keras
+    import numpy as np
+
+    from multinet.layers import image_shape
+
+    spec = multinet.get_model_spec(name or self_check_model())
+    size = max(size, spec.min_size)
+    # A classifier that takes one input size only is left out at other sizes.
+    top = spec.fixed_top_size in (None, size)
+    models = [multinet.create_model(spec.name, data_format=fmt, compute_format=fmt,
+                                    include_top=top, input_shape=image_shape(size, fmt))
+              for fmt in ("channels_last", "channels_first")]
+    models[1].set_weights(models[0].get_weights())
     x = np.random.default_rng(0).uniform(0, 1, (2, size, size, 3)).astype("float32")
-    a = keras.ops.convert_to_numpy(last(x, training=False))
-    b = keras.ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2)), training=False))
+    a = keras.ops.convert_to_numpy(models[0](x, training=False))
+    b = keras.ops.convert_to_numpy(models[1](np.transpose(x, (0, 3, 1, 2)), training=False))
+    if not top:  # feature maps: compare in one layout
+        b = np.transpose(b, (0, 2, 3, 1))
     difference = float(np.max(np.abs(a - b)))
-    return bool(np.isfinite(difference) and difference < 1e-4), difference
+    what = f"{spec.name} at {size}x{size}" + ("" if top else " without its top")
+    return bool(np.isfinite(difference) and difference < 1e-4), difference, what
 
 
 def run(args) -> int:
+    import keras
+
+    from multinet import backend
     from multinet.weights import cache_dir
 
     choice = backend_select.CHOICE or backend_select.resolve()
@@ -89,13 +103,12 @@ def run(args) -> int:
     for p in files:
         print(f"  {p.name:<56} {human_size(p.stat().st_size):>10}  "
               f"{', '.join(known.get(p.name, ['not a multinet weights file']))}")
-    ok, difference = self_check()
+    ok, difference, what = self_check()
     verdict = "PASS" if ok else "FAIL"
-    print(f"self-check    squeezenet1_1 at 64x64 computing in channels_last and in "
-          f"channels_first, weights copied across: max output difference {difference:.1e}: "
-          f"{verdict}")
+    print(f"self-check    {what} computing in channels_last and in channels_first, weights "
+          f"copied across: max output difference {difference:.1e}: {verdict}")
     if not ok:
         err(f"multinet doctor: error: self-check failed: outputs differ by {difference:.3g} "
-             f"between data formats")
+            f"between data formats")
         return 1
     return 0

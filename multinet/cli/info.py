@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from multinet import backend
-from multinet.cli.common import family_options, human_size, model_spec, print_json
-from multinet.registry import ModelSpec
+from typing import TYPE_CHECKING
+
+from multinet.cli.common import DATA_FORMATS, family_options, human_size, model_spec, print_json
+
+if TYPE_CHECKING:
+    from multinet.registry import ModelSpec
 
 
 def add_parser(commands, parents):
     p = commands.add_parser(
         "info", parents=parents, help="what one model is and which weights it has",
-        description="Architecture facts of one model and its weights entries: origin URL, "
-                    "hash, preprocessing, input size, and whether each is in the local cache.")
+        description="Architecture facts of one model (family, parameters, input sizes, "
+                    "classifier layers, options) and its weights entries: origin URL, hash, "
+                    "preprocessing, evaluation transform (resize, crop, interpolation), input "
+                    "size, architecture options, and whether each is in the local cache.")
     p.add_argument("name", metavar="NAME", help="model name (see 'multinet list')")
     p.add_argument("--json", action="store_true", help="write JSON to stdout")
     p.set_defaults(handler=run)
@@ -40,6 +45,8 @@ def _entry_info(spec: ModelSpec, entry) -> dict:
         "layout": entry.layout,
         "preprocessing": entry.preprocessing,
         "input_size": entry.input_size,
+        "resize_size": entry.resize_size,
+        "interpolation": entry.interpolation,
         "classes": entry.classes,
         "arch_options": dict(entry.arch_options),
         "file": file_info(entry.url, entry.file_hash, True),
@@ -57,19 +64,29 @@ def run(args) -> int:
         "parameters": spec.num_params,
         "default_size": spec.default_size,
         "min_size": spec.min_size,
+        "fixed_top_size": spec.fixed_top_size,
+        "head_layers": list(spec.family.head_layers),
+        "preprocessing_by_layout": dict(spec.family.preprocessing),
         "options": options,
         "weights": [_entry_info(spec, e) for e in spec.weights],
     }
     if args.json:
         print_json(data)
         return 0
+    from multinet.preprocessing import describe_image_options, image_options
+
     print(f"{spec.name}: {spec.description}")
     facts = [
         ("family", spec.family.name),
         ("parameters", f"{spec.num_params:,} (with the 1000-class top)"),
         ("default input", f"{spec.default_size}x{spec.default_size} RGB"),
         ("minimum input", f"{spec.min_size}x{spec.min_size}"),
-        ("data formats", ", ".join(backend.DATA_FORMATS)),
+        ("top input", f"{spec.fixed_top_size}x{spec.fixed_top_size} only (other sizes: "
+                      f"include_top=False)" if spec.fixed_top_size else "any size"),
+        ("classifier", ", ".join(spec.family.head_layers) or "-"),
+        ("preprocessing", ", ".join(f"{mode} for {layout} files" for layout, mode
+                                    in spec.family.preprocessing.items()) or "-"),
+        ("data formats", ", ".join(DATA_FORMATS)),
         ("options", ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-"),
     ]
     for key, value in facts:
@@ -82,6 +99,8 @@ def run(args) -> int:
             ("layout", item["layout"]),
             ("preprocessing", item["preprocessing"]),
             ("input size", f"{item['input_size']}x{item['input_size']}"),
+            ("transform", describe_image_options(image_options(
+                item["input_size"], item["resize_size"], item["interpolation"]))),
             ("classes", item["classes"]),
             ("arch options", ", ".join(f"{k}={v!r}" for k, v in item["arch_options"].items())
              or "-"),

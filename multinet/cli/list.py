@@ -14,7 +14,7 @@ def add_parser(commands, parents):
         description="List the registered models: parameters, default input size and weights "
                     "entries ('*' marks the one '-w imagenet' picks).")
     p.add_argument("pattern", nargs="?", metavar="PATTERN",
-                   help="shell-style wildcard ('vgg*'); without one, a substring of the name")
+                   help="shell-style wildcard ('name*'); without one, a substring of the name")
     p.add_argument("--json", action="store_true", help="write JSON to stdout")
     p.set_defaults(handler=run)
 
@@ -37,7 +37,7 @@ def run(args) -> int:
             "weights": [w.name for w in s.weights], "default_weights": s.default_weights,
         } for s in specs])
         return 0
-    rows = [[s.name, f"{s.num_params:,}", f"{s.default_size}x{s.default_size}",
+    rows = [[s.name, s.family.name, f"{s.num_params:,}", f"{s.default_size}x{s.default_size}",
              ", ".join(entry_label(s, w) for w in s.weights) or "-"] for s in specs]
-    print(table(rows, ["name", "parameters", "input", "weights (* = imagenet)"]))
+    print(table(rows, ["name", "family", "parameters", "input", "weights (* = imagenet)"]))
     return 0

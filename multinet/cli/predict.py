@@ -6,42 +6,43 @@ import contextlib
 import os
 import sys
 
-import keras
-import numpy as np
-
-import multinet
-from multinet import backend
 from multinet.cli.common import (
+    DATA_FORMATS,
+    IMAGENET_CLASSES,
+    PREPROCESSING_MODES,
     RANDOM_WEIGHTS,
     CommandError,
+    compare_head,
+    default_entry,
     describe_weights_file,
     err,
+    head_mismatch,
+    image_options_for,
     model_spec,
     one_line,
     options_for,
     positive_int,
     print_json,
-    spatial,
+    resolve_entry,
     top_k,
 )
-from multinet.layers import image_shape
-from multinet.registry import ModelSpec
 
 
 def add_parser(commands, parents):
-    formats = backend.DATA_FORMATS
     p = commands.add_parser(
         "predict", parents=parents, help="classify images",
         description="Classify images with an ImageNet model: the top K labels and scores per "
-                    "image. Images are resized, cropped and scaled the way the weights need. "
-                    "Any Pillow-readable image works (RGBA, grayscale and palette images are "
-                    "converted to RGB). With more images than the batch size, a progress bar "
-                    "goes to stderr.",
+                    "image. Images are resized, cropped and scaled the way the weights were "
+                    "published (the entry's resize and crop sizes, interpolation and "
+                    "preprocessing; 'multinet info NAME' shows them). Any Pillow-readable "
+                    "image works (RGBA, grayscale and palette images are converted to RGB). "
+                    "With more images than the batch size, a progress bar goes to stderr.",
         epilog="WEIGHTS defaults to 'imagenet', the model's default pretrained entry "
                "(downloaded once into the cache, or read from it when MULTINET_OFFLINE=1). "
                "It can name another entry ('multinet info NAME' lists them), a weights file "
                "in any layout multinet reads, or 'random' for untrained weights (a warning "
-               "says so; the labels then mean nothing).")
+               "says so; the labels then mean nothing). The weights are found, and a file "
+               "read, before the model is built.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("-m", "--model", required=True, metavar="NAME", help="model name")
     p.add_argument("-w", "--weights", default="imagenet", metavar="WEIGHTS",
@@ -50,42 +51,68 @@ def add_parser(commands, parents):
                    help="labels per image (default: 5)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per forward pass (default: 8)")
-    p.add_argument("--data-format", choices=formats, default=None,
+    p.add_argument("--data-format", choices=DATA_FORMATS, default=None,
                    help="the model's data format (default: keras.config.image_data_format())")
-    p.add_argument("--preprocessing", choices=("caffe", "torch", "tf"), default=None,
+    p.add_argument("--preprocessing", choices=PREPROCESSING_MODES, default=None,
                    help="override the input scaling (default: what the weights need)")
     p.add_argument("--json", action="store_true", help="write JSON to stdout")
     p.set_defaults(handler=run)
 
 
-def _build_for_predict(spec: ModelSpec, weights: str, data_format: str):
-    """(model, preprocessing, note): the model with its weights, and how to feed it."""
-    from multinet.registry import resolve_weights
+def _not_imagenet(what: str, classes: int) -> CommandError:
+    return CommandError(f"{what} has {classes} classes; predict labels ImageNet's "
+                        f"{IMAGENET_CLASSES}")
+
+
+def _plan(spec, weights: str) -> dict:
+    """Everything about the weights that can be known before the model is
+    built: which entry or file, its preprocessing, input size and transform.
+    A weights problem surfaces here, before the (slow) build."""
+    if weights == RANDOM_WEIGHTS:
+        entry = default_entry(spec)
+        return {"entry": entry, "file": None, "info": None, "source": "RANDOM weights",
+                "preprocessing": entry.preprocessing if entry else None,
+                "size": entry.input_size if entry else spec.default_size}
+    entry = resolve_entry(spec, weights)
+    if entry is not None:
+        if entry.classes != IMAGENET_CLASSES:
+            raise _not_imagenet(f"{spec.name} with weights {entry.name!r}", entry.classes)
+        return {"entry": entry, "file": None, "info": None,
+                "source": f"weights {entry.name!r}", "preprocessing": entry.preprocessing,
+                "size": entry.input_size}
+    info = describe_weights_file(spec, weights)
+    if info["classes"] not in (None, IMAGENET_CLASSES):
+        raise _not_imagenet(f"weights file {weights} (converted with --classes "
+                            f"{info['classes']})", info["classes"])
+    return {"entry": info["entry"], "file": weights, "info": info,
+            "source": f"weights file {weights} ({info['layout']})",
+            "preprocessing": info["preprocessing"],
+            "size": info["input_size"] or spec.fixed_top_size or spec.default_size}
+
+
+def _build(spec, plan: dict, weights: str, data_format: str):
+    """The model with its weights loaded."""
+    import multinet
+    from multinet.layers import image_shape
+    from multinet.weights import WeightsLoadError
 
     if weights == RANDOM_WEIGHTS:
-        entry = spec.get_weights("imagenet") if spec.default_weights else None
-        model = multinet.create_model(spec.name, data_format=data_format)
-        return model, (entry.preprocessing if entry else "torch"), "RANDOM weights"
+        return multinet.create_model(spec.name, data_format=data_format,
+                                     input_shape=image_shape(plan["size"], data_format))
+    if plan["file"] is None:  # an entry: create_model fetches it, then builds
+        return multinet.create_model(spec.name, weights=weights, data_format=data_format)
+    options = options_for(spec, plan["info"]["arch_options"])
+    model = multinet.create_model(spec.name, data_format=data_format,
+                                  input_shape=image_shape(plan["size"], data_format), **options)
     try:
-        entry = resolve_weights(spec, weights)
-    except ValueError as error:
-        raise CommandError(f"{error}, or 'random'") from error
-    if entry is not None:
-        model = multinet.create_model(spec.name, weights=weights, data_format=data_format)
-        return model, entry.preprocessing, f"weights {entry.name!r}"
-    info = describe_weights_file(spec, weights)
-    size = info["input_size"] or spec.default_size
-    model = multinet.create_model(
-        spec.name, data_format=data_format, input_shape=image_shape(size, data_format),
-        **options_for(spec, info["arch_options"]))
-    multinet.load_weights(model, weights)
-    preprocessing = info["preprocessing"]
-    if preprocessing is None:
-        entry = spec.get_weights("imagenet") if spec.default_weights else None
-        preprocessing = entry.preprocessing if entry else "torch"
-        err(f"multinet predict: warning: {weights} does not say how its inputs were scaled; "
-             f"using {preprocessing!r} (pass --preprocessing to choose)")
-    return model, preprocessing, f"weights file {weights} ({info['layout']})"
+        multinet.load_weights(model, plan["file"])
+    except WeightsLoadError as error:
+        head = compare_head(spec, model, plan["file"])
+        if head_mismatch(head):
+            raise _not_imagenet(f"the classifier {head['label']} in {plan['file']}",
+                                head["file_classes"]) from error
+        raise
+    return model
 
 
 @contextlib.contextmanager
@@ -94,6 +121,8 @@ def _progress(total: int, show: bool):
     if not show:
         yield lambda done: None
         return
+    import keras
+
     bar = keras.utils.Progbar(total, unit_name="image")
 
     def update(done):
@@ -103,12 +132,10 @@ def _progress(total: int, show: bool):
     yield update
 
 
-def run(args) -> int:
+def _check_images(paths) -> None:
     from PIL import Image, UnidentifiedImageError
 
-    from multinet.demo import image_options
-
-    for path in args.images:  # before the model is built (or its weights downloaded)
+    for path in paths:
         if not os.path.exists(path):
             raise CommandError(f"image file not found: {path}")
         if not os.path.isfile(path):
@@ -118,21 +145,37 @@ def run(args) -> int:
                 image.size  # noqa: B018  (the header is read)
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise CommandError(f"cannot read image {path}: {one_line(error)}") from None
+
+
+def run(args) -> int:
+    _check_images(args.images)  # before the model is built (or its weights downloaded)
     spec = model_spec(args.model)
+    plan = _plan(spec, args.weights)
+
+    import keras
+    import numpy as np
+
+    import multinet
+    from multinet import backend
+    from multinet.preprocessing import describe_image_options
+
     data_format = args.data_format or keras.config.image_data_format()
-    model, preprocessing, source = _build_for_predict(spec, args.weights, data_format)
-    if model.output_shape[-1] != 1000:
-        raise CommandError(f"{spec.name} with {source} has {model.output_shape[-1]} classes; "
-                           f"predict labels ImageNet's 1000")
-    preprocessing = args.preprocessing or preprocessing
+    model = _build(spec, plan, args.weights, data_format)
+    if model.output_shape[-1] != IMAGENET_CLASSES:
+        raise _not_imagenet(f"{spec.name} with {plan['source']}", model.output_shape[-1])
+    preprocessing = args.preprocessing or plan["preprocessing"]
+    if preprocessing is None:
+        preprocessing = "torch"
+        what = (f"{args.weights} does not say how its inputs were scaled" if plan["file"]
+                else f"{spec.name} has no weights entry to say how inputs are scaled")
+        err(f"multinet predict: warning: {what}; using {preprocessing!r} (pass "
+            f"--preprocessing to choose)")
     random = args.weights == RANDOM_WEIGHTS
     if random:
         err(f"multinet predict: warning: {spec.name} has RANDOM weights (-w random): the "
-             f"labels below mean nothing; use -w imagenet or a weights file for real ones")
-    height, width = spatial(model)
-    options = image_options(preprocessing, height)
-    if height != width:
-        options = {"target_size": (height, width)}
+            f"labels below mean nothing; use -w imagenet or a weights file for real ones")
+    size = plan["size"]
+    options = image_options_for(plan["entry"], plan["info"], size)
     forward = backend.compile_inference(model)
     results = []
     show = len(args.images) > args.batch_size and (sys.stderr.isatty() or not args.json)
@@ -148,14 +191,17 @@ def run(args) -> int:
                     {"rank": rank, "wnid": wnid, "label": label, "score": score}
                     for rank, (wnid, label, score) in enumerate(top, start=1)]})
             progress(start + len(paths))
+    transform = describe_image_options(options)
     if args.json:
         print_json({
             "model": spec.name, "weights": args.weights, "random_weights": random,
-            "preprocessing": preprocessing, "input_size": [height, width],
-            "data_format": data_format, "backend": backend.name(), "predictions": results,
+            "preprocessing": preprocessing, "input_size": [size, size],
+            "resize_size": options["target_size"] if "crop" in options else None,
+            "interpolation": options["interpolation"], "data_format": data_format,
+            "backend": backend.name(), "predictions": results,
         })
         return 0
-    print(f"{spec.name} with {source}, {preprocessing} preprocessing, {height}x{width}, "
+    print(f"{spec.name} with {plan['source']}, {preprocessing} preprocessing, {transform}, "
           f"{backend.name()} {data_format}")
     for item in results:
         print(item["image"])
