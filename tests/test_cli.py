@@ -406,12 +406,21 @@ def test_predict_matches_an_independent_pipeline(env, files):
     for item in data["predictions"]:
         assert [row["rank"] for row in item["top"]] == [1, 2, 3]
         assert_same_top(item["top"], expected)
-    assert "3/3" not in result.stderr  # --json without a TTY: no progress bar
+    assert "3/3" not in result.stderr  # stderr is not a terminal: no progress bar
 
 
-def test_predict_text_channels_first_with_progress(offline, files, capsys):
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stderr", ["terminal", "pipe"])
+def test_predict_text_channels_first_with_progress(stderr, offline, files, capsys, monkeypatch):
     weights = files / "seeded.safetensors"
     expected = seeded_cat_expected(3)
+    terminal = Terminal()
+    if stderr == "terminal":
+        monkeypatch.setattr(sys, "stderr", terminal)
     status, out, err = call(capsys, "predict", CAT, CAT, "-m", "squeezenet1_1", "-w", weights,
                             "--top", "3", "--batch-size", "1", "--data-format",
                             "channels_first")
@@ -424,7 +433,11 @@ def test_predict_text_channels_first_with_progress(offline, files, capsys):
         assert out[1 + 4 * i] == str(CAT)
         for rank, (wnid, label, score) in enumerate(expected, start=1):
             assert out[1 + 4 * i + rank] == f"  {rank:>2}. {score:7.2%}  {label} ({wnid})"
-    assert "2/2" in err and "image" in err  # more images than the batch: a progress bar
+    # More images than the batch: a progress bar, on a terminal only.
+    if stderr == "terminal":
+        assert "2/2" in terminal.getvalue() and "image" in terminal.getvalue()
+    else:
+        assert err == "" and terminal.getvalue() == ""
 
 
 def test_predict_from_a_cached_entry(env):
@@ -718,10 +731,6 @@ def test_demo(env, files):
 
 def test_demo_training_progress_fits_the_output():
     from multinet import demo
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
 
     verbose, callbacks = demo._progress(print, "auto", Terminal())
     assert verbose == 0 and [type(c) for c in callbacks] == [demo.TrainingBar]

@@ -36,7 +36,8 @@ def add_parser(commands, parents):
                     "published (the entry's resize and crop sizes, interpolation and "
                     "preprocessing; 'multinet info NAME' shows them). Any Pillow-readable "
                     "image works (RGBA, grayscale and palette images are converted to RGB). "
-                    "With more images than the batch size, a progress bar goes to stderr.",
+                    "With more images than the batch size, a progress bar goes to stderr "
+                    "when it is a terminal.",
         epilog="WEIGHTS defaults to 'imagenet', the model's default pretrained entry "
                "(downloaded once into the cache, or read from it when MULTINET_OFFLINE=1). "
                "It can name another entry ('multinet info NAME' lists them), a weights file "
@@ -115,6 +116,13 @@ def _build(spec, plan: dict, weights: str, data_format: str):
     return model
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def _progress(total: int, show: bool):
     """A keras.utils.Progbar on stderr, or nothing."""
@@ -178,7 +186,8 @@ def run(args) -> int:
     options = image_options_for(plan["entry"], plan["info"], size)
     forward = backend.compile_inference(model)
     results = []
-    show = len(args.images) > args.batch_size and (sys.stderr.isatty() or not args.json)
+    # Keras' bar writes terminal control codes: for a terminal only.
+    show = len(args.images) > args.batch_size and _is_terminal(sys.stderr)
     with _progress(len(args.images), show) as progress:
         for start in range(0, len(args.images), args.batch_size):
             paths = args.images[start:start + args.batch_size]
