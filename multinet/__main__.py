@@ -4,33 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from multinet import backend_select
-
 
 def main(argv=None) -> int:
-    """Import the command's runtime (Keras and its backend), then run it.
+    """Run the ``multinet`` command (``multinet.cli.main``); returns the exit status.
 
-    ``import multinet`` has settled the backend already (picking an installed
-    one where Keras' default is missing). A backend that cannot be loaded is a
-    setup mistake: one line that says what to do, not a traceback (unless
-    ``--debug``).
+    ``import multinet`` settles the backend (picking an installed one where
+    Keras' default is missing) without importing Keras; the command imports
+    Keras once its arguments are parsed, so ``--help`` works without a usable
+    backend, and a backend that cannot be loaded is one line that says what to
+    do, not a traceback (unless ``--debug``).
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    choice = backend_select.CHOICE or backend_select.configure()
-    if choice.problem:
-        if "--debug" in argv:
-            raise ImportError(choice.problem)
-        print(f"multinet: error: {choice.problem}", file=sys.stderr)
-        return 1
-    try:
-        from multinet import cli
-    except ImportError as error:
-        if "--debug" in argv:
-            raise
-        print(f"multinet: error: {backend_select.import_failure(error, choice)}",
-              file=sys.stderr)
-        return 1
-    return cli.main(argv)
+    from multinet.cli.main import main as run
+
+    return run(argv)
 
 
 if __name__ == "__main__":

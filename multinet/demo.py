@@ -7,13 +7,15 @@
    at least 95% test accuracy.
 3. Save its weights to a Keras 3 ``.weights.h5`` file, load them into a fresh
    model, and check that the predictions are identical.
-4. Classify ``multinet/data/cat.jpg`` with squeezenet1_1: with the pretrained
-   weights if they are in the local cache, otherwise with random weights, and
-   say so.
+4. Classify ``multinet/data/cat.jpg`` with a registered model (squeezenet1_1
+   unless told otherwise): with pretrained weights if the cache holds any of
+   its entries, otherwise with random weights, and say so.
 5. Time the digits model in each data format (the weights copied across, the
    outputs compared).
 
 Nothing is downloaded. ``run_demo`` returns a dict of the measured results.
+Training shows one Keras progress bar for all its epochs on a terminal, and a
+few plain lines (no terminal control codes) when the output goes elsewhere.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from multinet.models.squeezenet import fire_module
 from multinet.weights.download import ENV_OFFLINE
 
 SEED = 1337
+DEFAULT_MODEL = "squeezenet1_1"
 DEFAULT_EPOCHS = 30
+PROGRESS_LINES = 6  # epoch lines when the output is not a terminal (and the last epoch)
 BATCH_SIZE = 32
 ACCURACY_BAR = 0.95
 TEST_FRACTION = 0.25
@@ -122,13 +126,44 @@ def linear_regression(say, verbose) -> float:
     return w
 
 
-def image_options(preprocessing: str, input_size: int) -> dict:
-    """``load_image`` arguments that match how weights were trained: torchvision
-    resizes the short side then center-crops; Keras-trained weights take the
-    whole image resized to the input size."""
-    if preprocessing == "torch":
-        return {"crop": input_size}
-    return {"target_size": (input_size, input_size)}
+class TrainingBar(keras.callbacks.Callback):
+    """One ``keras.utils.Progbar`` for the whole training, advanced per epoch,
+    with the epoch's loss and accuracy (for a terminal)."""
+
+    def on_train_begin(self, logs=None):
+        self.bar = keras.utils.Progbar(self.params["epochs"], unit_name="epoch",
+                                       stateful_metrics=["loss", "accuracy"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [(k, float(v)) for k, v in (logs or {}).items() if k in ("loss", "accuracy")]
+        self.bar.update(epoch + 1, values=values)
+
+
+class EpochLines(keras.callbacks.Callback):
+    """A plain line every few epochs and at the last one: epoch, loss, accuracy
+    (for output that is not a terminal: a file, a pipe, a log)."""
+
+    def __init__(self, say, lines: int = PROGRESS_LINES):
+        super().__init__()
+        self.say = say
+        self.lines = lines
+
+    def on_epoch_end(self, epoch, logs=None):
+        epochs = self.params["epochs"]
+        every = max(1, -(-epochs // self.lines))
+        if (epoch + 1) % every and epoch + 1 != epochs:
+            return
+        logs = logs or {}
+        self.say(f"    epoch {epoch + 1:>{len(str(epochs))}}/{epochs}: "
+                 f"loss {float(logs.get('loss', float('nan'))):.4f}, "
+                 f"accuracy {float(logs.get('accuracy', float('nan'))):.2%}")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -144,16 +179,20 @@ def _offline():
             os.environ[ENV_OFFLINE] = previous
 
 
-def classify_cat(say, fmt: str) -> dict:
-    """squeezenet1_1 on the shipped cat photo: with the first of its pretrained
-    weights entries found in the cache (the default one first), else random."""
+def classify_cat(say, fmt: str, model_name: str = DEFAULT_MODEL) -> dict:
+    """A registered model on the shipped cat photo: with the first of its
+    pretrained weights entries found in the cache (the default one first),
+    else random weights. The image is resized, cropped and scaled as the
+    entry says (``WeightsSpec``: input size, resize size, interpolation,
+    preprocessing)."""
     import multinet
+    from multinet.preprocessing import image_options
     from multinet.weights import WeightsLoadError, WeightsUnavailableError, cache_dir, cached_path
 
-    name = "squeezenet1_1"
-    spec = multinet.get_model_spec(name)
-    default = spec.get_weights("imagenet")
-    entries = [default] + [e for e in spec.weights if e is not default]
+    spec = multinet.get_model_spec(model_name)
+    name = spec.name
+    default = spec.get_weights("imagenet") if spec.default_weights else None
+    entries = ([default] if default else []) + [e for e in spec.weights if e is not default]
     model, entry, problems = None, default, []
     with _offline():
         for candidate in entries:
@@ -171,22 +210,32 @@ def classify_cat(say, fmt: str) -> dict:
         say(f"    {name} with its pretrained {entry.name!r} weights ({entry.description}), "
             f"read from the cache {cache_dir()}:")
     else:
-        model = multinet.create_model(name, data_format=fmt)
-        say(f"    No pretrained {name} weights are available offline: {default.filename} is "
-            f"not in {cache_dir()}" + (" or is not the published file" if problems else "")
-            + ".")
-        say(f"    To get them, run once with network access: multinet predict IMAGE -m {name}"
-            f" -w imagenet; or download {default.url} into that folder.")
+        size = entry.input_size if entry else spec.default_size
+        model = multinet.create_model(name, data_format=fmt,
+                                      input_shape=layers.image_shape(size, fmt))
+        if entry is None:
+            say(f"    {name} has no published weights.")
+        else:
+            say(f"    No pretrained {name} weights are available offline: {entry.filename} "
+                f"is not in {cache_dir()}" + (" or is not the published file" if problems
+                                              else "") + ".")
+            say(f"    To get them, run once with network access: multinet predict IMAGE -m "
+                f"{name} -w imagenet; or download {entry.url} into that folder.")
         say("    With RANDOM weights instead, the labels below mean nothing:")
+    if entry is not None:
+        options = image_options(entry.input_size, entry.resize_size, entry.interpolation)
+        preprocessing = entry.preprocessing
+    else:
+        options, preprocessing = image_options(spec.default_size), "torch"
     path = str(resources.files("multinet").joinpath("data", "cat.jpg"))
-    image = multinet.load_image(path, data_format=fmt,
-                                **image_options(entry.preprocessing, entry.input_size))
-    batch = multinet.preprocess_input(image[None], entry.preprocessing, data_format=fmt)
+    image = multinet.load_image(path, data_format=fmt, **options)
+    batch = multinet.preprocess_input(image[None], preprocessing, data_format=fmt)
     preds = keras.ops.convert_to_numpy(model.predict_on_batch(batch))
     top = multinet.decode_predictions(preds, top=3)[0]
     for _, label, score in top:
         say(f"      {score:7.2%}  {label}")
-    return {"pretrained": pretrained, "weights": entry.name if pretrained else None,
+    return {"model": name, "pretrained": pretrained,
+            "weights": entry.name if pretrained else None,
             "top": [(label, float(p)) for _, label, p in top]}
 
 
@@ -199,7 +248,16 @@ def images_per_second(forward, x, repeats: int) -> float:
     return timing["images_per_s"]
 
 
-def train_digits(say, fmt: str, epochs: int, verbose) -> tuple[keras.Model, dict]:
+def _progress(say, verbose, stream) -> tuple[int, list]:
+    """``fit``'s ``verbose`` and callbacks: ``"auto"`` is one progress bar on a
+    terminal and a few plain lines elsewhere; 0, 1 and 2 are Keras' own."""
+    if verbose != "auto":
+        return verbose, []
+    return 0, [TrainingBar() if _is_terminal(stream) else EpochLines(say)]
+
+
+def train_digits(say, fmt: str, epochs: int, verbose, stream=None
+                 ) -> tuple[keras.Model, dict]:
     images, labels = load_digits()
     train, test = stratified_split(labels, TEST_FRACTION, SEED)
     x = to_model_input(images, fmt)
@@ -213,7 +271,9 @@ def train_digits(say, fmt: str, epochs: int, verbose) -> tuple[keras.Model, dict
     schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x[train], labels[train], batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose)
+    verbose, callbacks = _progress(say, verbose, stream or sys.stdout)
+    model.fit(x[train], labels[train], batch_size=BATCH_SIZE, epochs=epochs, verbose=verbose,
+              callbacks=callbacks)
     _, accuracy = model.evaluate(x[test], labels[test], batch_size=256, verbose=0)
     say(f"    test accuracy: {accuracy:.2%} on {len(test)} images never seen in training "
         f"(bar: {ACCURACY_BAR:.0%})")
@@ -257,10 +317,14 @@ def speed_by_format(say, model: keras.Model, images: np.ndarray, quick: bool) ->
 
 
 def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
-             quick: bool = False, verbose="auto", stream=None) -> dict:
+             quick: bool = False, model_name: str = DEFAULT_MODEL, verbose="auto",
+             stream=None) -> dict:
     """Run the five steps and return what they measured.
 
     ``quick`` times fewer and smaller batches in step 5; training is the same.
+    ``model_name`` is the registered model that classifies the cat in step 4.
+    ``verbose="auto"`` shows training as one progress bar on a terminal and as
+    a few plain lines elsewhere; 0, 1 and 2 are passed to Keras' ``fit``.
     Raises ``DemoCheckFailed`` if a check fails (w not near 3, accuracy under
     95%, predictions changed by a save/load round trip, formats disagree).
     """
@@ -281,7 +345,7 @@ def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
 
         say.step(2, "A SqueezeNet-style network of multinet Fire modules learns handwritten "
                  "digits")
-        model, data = train_digits(say, fmt, epochs, verbose)
+        model, data = train_digits(say, fmt, epochs, verbose, stream)
         results["accuracy"] = accuracy = data["accuracy"]
         if accuracy < ACCURACY_BAR:
             raise DemoCheckFailed(f"digits test accuracy {accuracy:.2%} is under "
@@ -292,8 +356,8 @@ def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
         if not results["round_trip_identical"]:
             raise DemoCheckFailed("predictions changed after save_weights/load_weights")
 
-    say.step(4, "squeezenet1_1 looks at multinet/data/cat.jpg")
-    results["cat"] = classify_cat(say, fmt)
+    say.step(4, f"{model_name} looks at multinet/data/cat.jpg")
+    results["cat"] = classify_cat(say, fmt, model_name)
 
     say.step(5, "Inference speed of the digits network in each data format")
     results["speed"] = speed_by_format(say, model, data["images"], quick)
@@ -301,5 +365,5 @@ def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
     results["seconds"] = time.perf_counter() - start
     say(f"\nDone in {results['seconds']:.0f} s: w = {w:.3f}, digits test accuracy "
         f"{accuracy:.2%}, weights round trip identical, "
-        f"{'pretrained' if results['cat']['pretrained'] else 'random'} squeezenet1_1.")
+        f"{'pretrained' if results['cat']['pretrained'] else 'random'} {model_name}.")
     return results

@@ -146,6 +146,27 @@ def _to_rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def image_options(input_size: int, resize_size: int | None = None,
+                  interpolation: str = "bilinear") -> dict:
+    """``load_image`` arguments for an evaluation transform such as a
+    ``WeightsSpec``'s: with ``resize_size``, resize the short side to it and
+    center-crop ``input_size`` (torchvision: 256, then 224); without, resize
+    the whole image to ``input_size`` x ``input_size`` (keras.applications)."""
+    if resize_size:
+        return {"target_size": int(resize_size), "crop": int(input_size),
+                "interpolation": interpolation}
+    return {"target_size": (int(input_size), int(input_size)), "interpolation": interpolation}
+
+
+def describe_image_options(options: dict) -> str:
+    """``image_options`` in words: ``short side 256, center crop 224x224, bilinear``."""
+    size, crop = options.get("target_size"), options.get("crop")
+    interpolation = options.get("interpolation", "bilinear")
+    if isinstance(size, int) and crop:
+        return f"short side {size}, center crop {crop}x{crop}, {interpolation}"
+    return f"resized to {size[0]}x{size[1]}, {interpolation}"
+
+
 def load_image(path, target_size=None, *, crop=None, data_format: str | None = None,
                interpolation: str = "bilinear") -> np.ndarray:
     """An image file as a float32 array with values in [0, 255].

@@ -147,8 +147,10 @@ class ModelSpec:
             if entry.name == name:
                 return entry
         known = ["imagenet"] * bool(self.default_weights) + [w.name for w in self.weights]
+        close = difflib.get_close_matches(str(name), known, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise ValueError(
-            f"{self.name}: unknown weights {name!r}; known weights entries: "
+            f"{self.name}: unknown weights {name!r}; {hint}known weights entries: "
             f"{', '.join(known) or 'none'}, or pass a file path"
         )
 

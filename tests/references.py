@@ -120,3 +120,80 @@ def write_legacy_h5(path, layers) -> None:
             group.attrs["weight_names"] = [w.encode() for w, _ in weights]
             for weight_name, array in weights:
                 group.create_dataset(weight_name, data=np.asarray(array))
+
+
+# --- an image pipeline without multinet: Pillow and numpy ----------------------
+
+CLASS_INDEX = CAT.parent / "imagenet_class_index.json"
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def rgb_image(path):
+    """The image at ``path`` as an RGB PIL image; transparency is put on white."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA", "P"):
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def eval_image(path, input_size: int, resize_size: int | None = None,
+               interpolation: str = "bilinear") -> np.ndarray:
+    """An evaluation transform, HWC float32 in [0, 255]: the short side resized
+    to ``resize_size`` and an ``input_size`` center crop (torchvision's
+    ``Resize`` + ``CenterCrop``), or, without ``resize_size``, the whole image
+    resized to ``input_size`` x ``input_size`` (keras.applications)."""
+    from PIL import Image
+
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                "nearest": Image.NEAREST}[interpolation]
+    image = rgb_image(path)
+    if resize_size is None:
+        image = image.resize((input_size, input_size), resample)
+    else:
+        width, height = image.size  # torchvision: int(size * long / short)
+        size = ((resize_size, int(resize_size * height / width)) if width <= height
+                else (int(resize_size * width / height), resize_size))
+        image = image.resize(size, resample)
+        width, height = image.size
+        top = int(round((height - input_size) / 2.0))
+        left = int(round((width - input_size) / 2.0))
+        image = image.crop((left, top, left + input_size, top + input_size))
+    return np.asarray(image, dtype=np.float32)
+
+
+def scale(x: np.ndarray, mode: str) -> np.ndarray:
+    """The caffe, torch and tf input modes, on HWC (or NHWC) RGB in [0, 255]."""
+    if mode == "caffe":
+        return x[..., ::-1] - CAFFE_MEAN_BGR
+    if mode == "torch":
+        return (x / 255.0 - TORCH_MEAN) / TORCH_STD
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    raise ValueError(mode)
+
+
+def softmax(logits) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def imagenet_labels() -> list[tuple[str, str]]:
+    """(wnid, label) per class, read from the shipped JSON file itself."""
+    import json
+
+    index = json.loads(CLASS_INDEX.read_text())
+    return [tuple(index[str(i)]) for i in range(len(index))]
+
+
+def top_labels(probabilities, k: int) -> list[tuple[str, str, float]]:
+    labels = imagenet_labels()
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+    return [(*labels[i], float(probabilities[i])) for i in order]

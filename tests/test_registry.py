@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
 import pathlib
 
 import pytest
@@ -53,6 +55,17 @@ def test_unknown_weights_entry_names_the_known_ones():
         multinet.create_model("vgg11", weights="keras")
 
 
+def test_misspelled_weights_entry_suggests_the_close_one():
+    spec = multinet.get_model_spec("squeezenet1_1")
+    with pytest.raises(ValueError) as caught:
+        spec.get_weights("imagnet")
+    assert str(caught.value) == (
+        "squeezenet1_1: unknown weights 'imagnet'; did you mean imagenet? known weights "
+        "entries: imagenet, torchvision, keras-squeezenet, or pass a file path")
+    with pytest.raises(ValueError, match=r"'keras_squeezenet'; did you mean keras-squeezenet\?"):
+        multinet.create_model("squeezenet1_1", weights="keras_squeezenet")
+
+
 def test_weights_entries_carry_what_they_need():
     spec = multinet.get_model_spec("squeezenet1_1")
     classic = spec.get_weights("keras-squeezenet")
@@ -68,17 +81,57 @@ def test_weights_entries_carry_what_they_need():
 
 
 def test_keras_applications_style_constructors():
-    model = models.VGG16(include_top=False, pooling="avg", input_shape=(64, 64, 3),
-                         data_format="channels_last")
+    model = models.VGG16(include_top=False, weights=None, pooling="avg",
+                         input_shape=(64, 64, 3), data_format="channels_last")
     assert model.name == "vgg16" and model.output_shape == (None, 512)
     assert models.VGG19.__name__ == "VGG19"
-    assert models.SqueezeNet(version="1.0", input_shape=(64, 64, 3)).name == "squeezenet1_0"
-    classic = models.SqueezeNet(version="1_1", ceil_mode=False, include_top=False,
-                                input_shape=(227, 227, 3), data_format="channels_last",
-                                name="classic")
+    assert models.SqueezeNet(version="1.0", weights=None,
+                             input_shape=(64, 64, 3)).name == "squeezenet1_0"
+    classic = models.SqueezeNet(version="1_1", weights=None, ceil_mode=False,
+                                include_top=False, input_shape=(227, 227, 3),
+                                data_format="channels_last", name="classic")
     assert classic.name == "classic" and classic.output_shape == (None, 13, 13, 512)
     with pytest.raises(ValueError, match="SqueezeNet version must be '1_0' or '1_1', got '2'"):
         models.SqueezeNet(version="2")
+
+
+@pytest.fixture
+def empty_offline_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("MULTINET_OFFLINE", "1")
+    monkeypatch.delenv("MULTINET_WEIGHTS_MIRROR", raising=False)
+    return tmp_path / "models"
+
+
+@pytest.mark.parametrize("constructor, file_name", [
+    (models.VGG16, "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
+    (models.SqueezeNet1_1, "squeezenet1_1-b8a52dc0.pth"),
+    (models.SqueezeNet, "squeezenet1_1-b8a52dc0.pth"),
+])
+def test_constructors_default_to_imagenet_weights(constructor, file_name, empty_offline_cache,
+                                                  monkeypatch):
+    """As keras.applications: the default entry is fetched (offline and not cached here,
+    so it fails, before any model is built)."""
+    from multinet import registry
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before its weights were fetched")
+
+    for name in ("vgg16", "squeezenet1_1"):
+        spec = registry.get_model_spec(name)
+        monkeypatch.setitem(registry._MODELS, name, dataclasses.replace(spec, builder=no_build))
+    with pytest.raises(multinet.WeightsUnavailableError) as caught:
+        constructor()
+    assert f"needs the weights file {file_name} (offline mode" in str(caught.value)
+    assert str(empty_offline_cache / file_name) in str(caught.value)
+    assert "imagenet" in constructor.__doc__ and "weights=None" in constructor.__doc__
+
+
+def test_create_model_defaults_to_random_weights(empty_offline_cache):
+    model = multinet.create_model("squeezenet1_1", input_shape=(64, 64, 3))
+    assert multinet.model_info(model)["weights"] is None
+    assert inspect.signature(multinet.create_model).parameters["weights"].default is None
+    assert not empty_offline_cache.exists()  # nothing was fetched
 
 
 def test_no_framework_imports_outside_the_backend_module():

@@ -185,11 +185,15 @@ def build_model(
 
 
 def make_constructor(model_name: str, public_name: str, summary: str):
-    """A keras.applications-style constructor for one registered model."""
+    """A keras.applications-style constructor for one registered model.
+
+    Its ``weights`` default is ``"imagenet"``, as in keras.applications;
+    ``create_model``'s is None (random weights), as timm's ``pretrained=False``.
+    """
 
     def constructor(
         include_top: bool = True,
-        weights=None,
+        weights="imagenet",
         input_tensor=None,
         input_shape=None,
         pooling=None,
@@ -211,7 +215,11 @@ def make_constructor(model_name: str, public_name: str, summary: str):
     constructor.__name__ = constructor.__qualname__ = public_name
     constructor.__doc__ = (
         f"{summary}\n\nSame arguments as keras.applications, plus ``data_format`` and "
-        f"the family options; see ``multinet.create_model({model_name!r}, ...)``. "
-        f"``weights`` defaults to None (random initialization)."
+        f"the family options; see ``multinet.create_model({model_name!r}, ...)``.\n\n"
+        f"``weights`` defaults to ``\"imagenet\"``, as in keras.applications: the "
+        f"model's default pretrained entry, downloaded once into ``$KERAS_HOME/models`` "
+        f"(``MULTINET_OFFLINE=1``: read from there only). It also takes another entry's "
+        f"name or a weights file path; ``weights=None`` gives random initialization, "
+        f"which is ``create_model``'s default."
     )
     return constructor

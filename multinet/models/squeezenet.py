@@ -203,7 +203,9 @@ SqueezeNet1_1 = make_constructor("squeezenet1_1", "SqueezeNet1_1", "SqueezeNet 1
 
 def SqueezeNet(version: str = "1_1", *args, **kwargs) -> keras.Model:
     """SqueezeNet ``version`` "1_0" or "1_1" ("1.0"/"1.1" work too); other
-    arguments as keras.applications models, plus ``ceil_mode``."""
+    arguments as keras.applications models (``weights="imagenet"`` by default;
+    ``weights=None`` for random initialization), plus ``ceil_mode`` and
+    ``dropout``."""
     key = str(version).replace(".", "_")
     constructors = {"1_0": SqueezeNet1_0, "1_1": SqueezeNet1_1}
     if key not in constructors:

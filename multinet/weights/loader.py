@@ -212,13 +212,37 @@ def load_weights(model, source, *, skip_mismatch: bool = False) -> LoadReport:
     return _assign(model, found, described, skip_mismatch=skip_mismatch)
 
 
+def _name_for_family(found: SourceWeights, family, model) -> None:
+    """Rename a legacy file's layers to the family's names, where they differ."""
+    if family is not None and found.layout == "keras_legacy_h5" and family.keras_names:
+        info = model_info(model)
+        found.rename(family.keras_names(info["model"], info.get("options") or {}))
+
+
+def read_source(path, model) -> SourceWeights:
+    """What the weights file at ``path`` holds for ``model``, assigning nothing:
+    the tensors keyed by the model's layer names as ``load_weights`` matches
+    them (the file's own names in ``labels``); tensors that match no layer
+    keep the file's names. Raises ``WeightsLoadError`` for an unreadable file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        found = _read_path(path, model)
+    except ImportError:
+        raise
+    except Exception as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise WeightsLoadError(f"cannot read weights from {path}: {reason}") from error
+    _name_for_family(found, model_family(model), model)
+    return found
+
+
 def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool) -> LoadReport:
     targets = {layer.name: layer for layer in model.layers if layer.weights}
     family = model_family(model)
     if family is not None:
-        if found.layout == "keras_legacy_h5" and family.keras_names is not None:
-            info = model_info(model)
-            found.rename(family.keras_names(info["model"], info.get("options") or {}))
+        _name_for_family(found, family, model)
         if found.preprocessing is None:
             found.preprocessing = family.preprocessing.get(found.layout)
     report = LoadReport(described, found.layout, model.name, preprocessing=found.preprocessing)
