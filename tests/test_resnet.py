@@ -335,11 +335,11 @@ def test_constructors_follow_keras_applications():
     for constructor in (ResNet18, ResNet34, ResNet50, ResNet101, ResNet152):
         ours = list(inspect.signature(constructor).parameters)
         assert ours[:len(keras_params)] == keras_params, constructor.__name__
-    model = ResNet50(include_top=False, input_shape=(64, 64, 3), pooling="max")
+    model = ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="max")
     assert multinet.model_info(model)["options"] == {"variant": "keras"}
     assert model.get_layer("conv2_block1_0_conv").kernel.shape == (1, 1, 64, 256)
     assert model.output_shape == (None, 2048)
-    model = ResNet18(classes=7, input_shape=(3, 64, 64), data_format="channels_first")
+    model = ResNet18(weights=None, classes=7, input_shape=(3, 64, 64), data_format="channels_first")
     assert multinet.model_info(model)["options"] == {"variant": "torchvision"}
     assert model.output_shape == (None, 7)
 
