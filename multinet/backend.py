@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 
 import keras
 
@@ -71,6 +72,59 @@ def channels_first_conv_supported() -> bool:
     if name() == "tensorflow":
         return bool(gpu_devices())
     return True
+
+
+# How each framework says that an operation has no kernel for a dtype on the
+# device at hand: (framework, exception class, message pattern). ``dtype``
+# captures the dtype named, ``op`` the operation where the message names it.
+MISSING_KERNEL_ERRORS = (
+    # ATen's dispatch: '"lu_cpu" not implemented for 'BFloat16''.
+    ("torch", ("NotImplementedError", "RuntimeError"),
+     r'"(?P<op>\w+)" not implemented for \'(?P<dtype>\w+)\''),
+    # An eager op whose registration excludes the dtype.
+    ("tensorflow", ("InvalidArgumentError",),
+     r"Value for attr '\w+' of (?P<dtype>\w+) is not in the list of allowed values"
+     r".*\[Op:(?P<op>\w+)\]"),
+    # The same, met while tracing a tf.function.
+    ("tensorflow", ("TypeError",),
+     r"Value passed to parameter '\w+' has DataType (?P<dtype>\w+) not in list of "
+     r"allowed values"),
+    # An op registered for the dtype, but with no kernel for it on this device.
+    ("tensorflow", ("NotFoundError", "InvalidArgumentError"),
+     r"No registered '(?P<op>\w+)' OpKernel for '\w+' devices compatible with node"
+     r".*T=DT_(?P<dtype>\w+)"),
+    ("tensorflow", ("NotFoundError", "InvalidArgumentError"),
+     r"Could not find device for node: \{\{node (?P<op>\w+)\}\} = \w+\[.*T=DT_(?P<dtype>\w+)"),
+    # jaxlib's LAPACK bindings on CPU have no bfloat16 (or float16) routines.
+    ("jax", ("NotImplementedError",),
+     r"KeyError\(<class 'ml_dtypes\.(?P<dtype>\w+)'>\), 'Unsupported dtype \w+\.'"),
+)
+
+
+def missing_kernel(exc: BaseException, dtype: str) -> str | None:
+    """Why ``exc`` means "no kernel for ``dtype`` here", or None if it does not.
+
+    True only for the frameworks' own missing-kernel errors listed in
+    :data:`MISSING_KERNEL_ERRORS` whose dtype is ``dtype`` (looked up in
+    ``exc`` and the exceptions it was raised from); any other error, whatever
+    its message mentions, gives None. Returns e.g. ``"torch has no bfloat16
+    kernel for lu_cpu"``.
+    """
+    wanted = re.sub(r"[^a-z0-9]", "", dtype.lower())
+    seen = []
+    while exc is not None and len(seen) < 8 and exc not in seen:
+        seen.append(exc)
+        classes = {cls.__name__ for cls in type(exc).__mro__}
+        text = str(exc)
+        for framework, exc_types, pattern in MISSING_KERNEL_ERRORS:
+            if classes.isdisjoint(exc_types):
+                continue
+            match = re.search(pattern, text, re.DOTALL)
+            if match and re.sub(r"[^a-z0-9]", "", match["dtype"].lower()) == wanted:
+                op = match.groupdict().get("op")
+                return f"{framework} has no {dtype} kernel" + (f" for {op}" if op else "")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def preferred_compute_format() -> str:

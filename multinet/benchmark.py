@@ -30,6 +30,10 @@ CALLS = ("compiled", "predict")
 SCHEMA = "multinet.benchmark/1"
 
 
+# The dtype each policy computes in, where it is not float32.
+LOW_PRECISION = {"bfloat16": "bfloat16", "mixed_bfloat16": "bfloat16"}
+
+
 class UnsupportedConfig(Exception):
     """The configuration cannot run here (reported as ``status: "unsupported"``)."""
 
@@ -196,7 +200,9 @@ def run_benchmark(
         model_kwargs: passed to ``multinet.create_model`` (e.g. ``ceil_mode``).
 
     Returns a dict with ``status`` (``"ok"``, ``"unsupported"`` or
-    ``"error"``, with ``error`` saying why), the configuration, the timing
+    ``"error"``, with ``error`` saying why; "unsupported" only where the
+    framework has no kernel for the low-precision dtype on this device, see
+    :meth:`Prepared.fail`), the configuration, the timing
     (``images_per_s`` median, ``images_per_s_min``/``_max``,
     ``images_per_s_q1``/``_q3``, ``seconds_per_call_median``,
     ``first_call_s``), ``build_s``, memory (``peak_rss_bytes``, and on a GPU
@@ -228,9 +234,16 @@ class Prepared:
         self.model = None  # the keras.Model, once built
 
     def fail(self, exc: Exception) -> None:
+        """Record ``exc``: "unsupported" for :class:`UnsupportedConfig` and for
+        a framework's own report that it has no kernel for the configuration's
+        low-precision dtype here (:func:`multinet.backend.missing_kernel`);
+        "error" for anything else."""
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        unsupported = isinstance(exc, UnsupportedConfig) or (
-            self.result.get("dtype", "float32") != "float32" and _looks_unsupported(exc))
+        dtype = LOW_PRECISION.get(self.result.get("dtype", "float32"))
+        reason = backend.missing_kernel(exc, dtype) if dtype else None
+        if reason:
+            message = f"{reason} ({message})"
+        unsupported = isinstance(exc, UnsupportedConfig) or reason is not None
         self.result.update(status="unsupported" if unsupported else "error", error=message)
         self.step = None
 
@@ -283,13 +296,6 @@ def prepare_benchmark(model, *, batch_size: int = 1, image_size: int = 224,
     except Exception as exc:  # noqa: BLE001  (a failed config is a result, not a crash)
         prepared.fail(exc)
     return prepared
-
-
-def _looks_unsupported(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(word in text for word in (
-        "not implemented", "notimplemented", "unsupported", "not supported",
-        "no registered", "could not find", "bfloat16"))
 
 
 def _prepare(model, prepared, *, batch_size, image_size, data_format, task, dtype, call, seed,

@@ -26,6 +26,17 @@ def images(rng, batch, size, data_format, channels=3):
     return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+def distinct_images(rng, size, data_format):
+    """Two float32 images a network with any weights answers differently:
+    uniform noise, and bright diagonal stripes with unequal channels."""
+    noise = rng.uniform(0.0, 1.0, size=(size, size, 3))
+    i, j = np.mgrid[:size, :size]
+    stripes = np.stack([((i + j) // 3 % 2) * 2.0, (i % 5 == 0) * 1.5,
+                        np.full((size, size), -0.5)], axis=-1)
+    x = np.stack([noise, stripes]).astype("float32")
+    return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
 def to_channels_last(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
 

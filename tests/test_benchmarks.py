@@ -13,10 +13,12 @@ import math
 import sys
 from pathlib import Path
 
+import keras
 import pytest
+from keras import ops
 
 from multinet import backend
-from multinet.benchmark import run_benchmark, summarize, time_callable
+from multinet.benchmark import Prepared, dtype_policy, run_benchmark, summarize, time_callable
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -67,18 +69,98 @@ def test_run_benchmark_result_is_json_ready(data_format):
 
 
 def test_compiled_inference_matches_predict(data_format, rng):
-    import keras
+    from helpers import distinct_images, rel_error
 
     import multinet
 
-    shape = (3, 32, 32) if data_format == "channels_first" else (32, 32, 3)
-    model = multinet.create_model("squeezenet1_1", data_format=data_format, input_shape=shape)
-    x = rng.random((2, *shape), dtype="float32")
+    x = distinct_images(rng, 32, data_format)
+    model = multinet.create_model("squeezenet1_1", data_format=data_format,
+                                  input_shape=x.shape[1:], classifier_activation=None)
     forward = backend.compile_inference(model)
     fast = keras.ops.convert_to_numpy(forward(x))
     slow = model.predict(x, verbose=0)
     assert fast.shape == slow.shape == (2, 1000)
-    assert abs(fast - slow).max() < 1e-5
+    assert rel_error(slow[0], slow[1]) > 0.05
+    assert rel_error(fast, slow) < 1e-5
+
+
+class _Solve(keras.layers.Layer):
+    """Solves a 3x3 system in the layer's dtype: no framework has a bfloat16
+    linear solver on CPU."""
+
+    def call(self, x):
+        matrix = ops.eye(3, dtype=x.dtype) * 2 + ops.mean(x) * 0
+        return ops.mean(x, axis=(1, 2)) + ops.sum(ops.linalg.solve(matrix, matrix))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+class _Raise(keras.layers.Layer):
+    """Raises ``error`` when called."""
+
+    def __init__(self, error, **kwargs):
+        super().__init__(**kwargs)
+        self.error = error
+
+    def call(self, x):
+        raise self.error
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+def _tiny_model(make_layer, dtype):
+    """Images in, ``make_layer()`` (built under the ``dtype`` policy) out."""
+    with dtype_policy(dtype):
+        inputs = keras.Input((8, 8, 3))
+        return keras.Model(inputs, make_layer()(inputs))
+
+
+def _bfloat16_solve_error():
+    """The error this backend raises for a bfloat16 solve here, or None."""
+    try:
+        ops.linalg.solve(ops.eye(3, dtype="bfloat16"), ops.eye(3, dtype="bfloat16"))
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("task,call", [("inference", "compiled"), ("inference", "predict"),
+                                       ("train", "compiled")])
+def test_missing_bfloat16_kernel_is_unsupported(task, call):
+    if _bfloat16_solve_error() is None:
+        pytest.skip("this device has a bfloat16 linear solver")
+    model = _tiny_model(_Solve, "bfloat16")
+    result = run_benchmark(model, batch_size=2, image_size=8, data_format="channels_last",
+                           task=task, dtype="bfloat16", call=call, warmup=1, repeats=1)
+    assert result["status"] == "unsupported", result.get("error")
+    assert result["error"].startswith(f"{backend.name()} has no bfloat16 kernel")
+
+
+def test_missing_kernel_in_a_float32_run_is_an_error():
+    exc = _bfloat16_solve_error()
+    if exc is None:
+        pytest.skip("this device has a bfloat16 linear solver")
+    for dtype, status in (("bfloat16", "unsupported"), ("mixed_bfloat16", "unsupported"),
+                          ("float32", "error")):
+        prepared = Prepared({"dtype": dtype})
+        prepared.fail(exc)
+        assert prepared.result["status"] == status, dtype
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("bfloat16 weights could not be cast: not supported"),
+    NotImplementedError("this layer has no bfloat16 support (not implemented)"),
+    ValueError('"lu_cpu" not implemented for \'BFloat16\''),  # the words, not torch's error
+    TypeError("Could not find a bfloat16 variable: no registered converter"),
+])
+def test_other_errors_mentioning_bfloat16_are_errors(error):
+    model = _tiny_model(lambda: _Raise(error), "bfloat16")
+    result = run_benchmark(model, batch_size=2, image_size=8, data_format="channels_last",
+                           dtype="bfloat16", warmup=1, repeats=1)
+    assert result["status"] == "error", result.get("error")
+    assert result["error"].startswith(type(error).__name__)
 
 
 def test_quick_run_writes_results_and_report(tmp_path):
@@ -101,6 +183,8 @@ def test_quick_run_writes_results_and_report(tmp_path):
     assert ("train", "channels_first", "float32", "train_on_batch") in seen
     for result in ours:
         assert result["status"] in ("ok", "unsupported"), result.get("error")
+        if result["status"] == "unsupported":  # the framework said it has no kernel
+            assert result["dtype"] != "float32" and " has no bfloat16 kernel" in result["error"]
         if result["dtype"] == "float32":
             assert result["status"] == "ok"
             assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0

@@ -14,6 +14,32 @@ def _apply(layer, x):
     return keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(x)))
 
 
+def _conv_reference(x, kernel, bias, strides, padding, dilation, relu):
+    """Keras' Conv2D on an NHWC array in float64, by shifted matrix products:
+    'same' pads (total // 2) before and the rest after, as Keras does."""
+    n, h, w, _ = x.shape
+    kh, kw, _, filters = kernel.shape
+    span_h, span_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+    if padding == "same":
+        out_h, out_w = -(-h // strides[0]), -(-w // strides[1])
+        pad_h = max((out_h - 1) * strides[0] + span_h - h, 0)
+        pad_w = max((out_w - 1) * strides[1] + span_w - w, 0)
+        x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                       (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    else:
+        out_h, out_w = (h - span_h) // strides[0] + 1, (w - span_w) // strides[1] + 1
+    out = np.zeros((n, out_h, out_w, filters))
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dilation[0], j * dilation[1]
+            patch = x[:, top:top + (out_h - 1) * strides[0] + 1:strides[0],
+                      left:left + (out_w - 1) * strides[1] + 1:strides[1], :]
+            out += patch @ kernel[i, j].astype("float64")
+    if bias is not None:
+        out += bias
+    return np.maximum(out, 0.0) if relu else out
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -21,49 +47,73 @@ def _apply(layer, x):
         dict(filters=5, kernel_size=3, strides=2, padding="valid", activation="relu"),
         dict(filters=4, kernel_size=(1, 3), dilation_rate=2, padding="same", use_bias=False),
         dict(filters=6, kernel_size=7, strides=2),
+        dict(filters=3, kernel_size=(3, 2), strides=(2, 3), padding="same", activation="relu"),
     ],
 )
-def test_conv2d_channels_first_matches_channels_last(kwargs, rng):
+def test_conv2d_matches_a_numpy_convolution(kwargs, data_format, rng):
+    """Both data formats, on every backend (TensorFlow's CPU runs channels_first
+    through its NHWC kernels), against the convolution written in numpy."""
     x = rng.normal(size=(2, 15, 17, 3)).astype("float32")
-    last = layers.Conv2D(data_format="channels_last", bias_initializer="glorot_uniform",
-                         **kwargs)
-    first = layers.Conv2D(data_format="channels_first", **kwargs)
-    expected = _apply(last, x)
-    first.build((None, 3, 15, 17))
-    first.set_weights(last.get_weights())
-    got = _apply(first, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    layer = layers.Conv2D(data_format=data_format, **kwargs)
+    layer.build((None, 15, 17, 3) if data_format == "channels_last" else (None, 3, 15, 17))
+    kernel = rng.normal(size=tuple(layer.kernel.shape)).astype("float32")
+    bias = rng.normal(size=(kwargs["filters"],)).astype("float32")
+    use_bias = kwargs.get("use_bias", True)
+    layer.set_weights([kernel, bias] if use_bias else [kernel])
+    expected = _conv_reference(
+        x.astype("float64"), kernel, bias if use_bias else None, layer.strides, layer.padding,
+        layer.dilation_rate, kwargs.get("activation") == "relu")
+    if data_format == "channels_first":
+        got = _apply(layer, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    else:
+        got = _apply(layer, x)
     assert got.shape == expected.shape
     assert rel_error(got, expected) < 1e-5
+    assert np.abs(expected).max() > 0
 
 
-def test_conv2d_is_a_keras_conv2d_and_serializes():
-    layer = layers.Conv2D(4, 3, data_format="channels_first", name="c")
-    assert isinstance(layer, keras.layers.Conv2D)
-    config = keras.saving.serialize_keras_object(layer)
-    restored = keras.saving.deserialize_keras_object(config)
-    assert type(restored) is layers.Conv2D
-    assert restored.data_format == "channels_first"
+def test_conv2d_serialization_round_trip_gives_the_same_outputs(rng):
+    """A config round trip keeps everything the output depends on (format,
+    strides, padding, activation)."""
+    layer = layers.Conv2D(4, 3, strides=2, padding="same", activation="relu",
+                          data_format="channels_first", name="c")
+    x = rng.normal(size=(2, 3, 9, 8)).astype("float32")
+    expected = _apply(layer, x)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    _apply(restored, x)  # builds it
+    restored.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(_apply(restored, x), expected)
+    assert expected.shape == (2, 4, 5, 4)
 
 
-def _ceil_max_pool_reference(x, pool, stride):
-    """Max pooling with PyTorch's ceil_mode=True on an NHWC array, by loops."""
+def _max_pool_reference(x, pool, stride, ceil_mode):
+    """Max pooling on an NHWC array by loops: 'valid' windows, and with
+    ``ceil_mode`` (PyTorch's) a last, partial window wherever one starts
+    inside the input."""
     n, h, w, c = x.shape
-    out_h = -(-(h - pool) // stride) + 1
-    out_w = -(-(w - pool) // stride) + 1
-    out = np.empty((n, out_h, out_w, c), x.dtype)
-    for i in range(out_h):
-        for j in range(out_w):
+    sizes = []
+    for size in (h, w):
+        steps = (size - pool) / stride
+        sizes.append((int(np.ceil(steps)) if ceil_mode else int(np.floor(steps))) + 1)
+    out = np.empty((n, *sizes, c), x.dtype)
+    for i in range(sizes[0]):
+        for j in range(sizes[1]):
             window = x[:, i * stride:i * stride + pool, j * stride:j * stride + pool, :]
             out[:, i, j, :] = window.max(axis=(1, 2))
     return out
 
 
-@pytest.mark.parametrize("size", [(7, 7), (8, 9), (54, 55), (3, 4), (2, 2)])
-def test_ceil_mode_max_pooling_matches_pytorch_semantics(size, data_format, rng):
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("pool,stride", [(3, 2), (2, 2)])
+@pytest.mark.parametrize("size", [(7, 7), (8, 9), (54, 55), (3, 4), (4, 3), (2, 2)])
+def test_max_pooling_matches_a_numpy_max_pool(size, pool, stride, ceil_mode, data_format, rng):
     # negative values too: the -inf padding must never win a window
     x = rng.normal(size=(2, *size, 4)).astype("float32")
-    expected = _ceil_max_pool_reference(x, 3, 2)
-    layer = layers.MaxPooling2D(3, strides=2, ceil_mode=True, data_format=data_format)
+    if not ceil_mode and min(size) < pool:
+        pytest.skip("no full window: floor pooling has no output")
+    expected = _max_pool_reference(x, pool, stride, ceil_mode)
+    layer = layers.MaxPooling2D(pool, strides=stride, ceil_mode=ceil_mode,
+                                data_format=data_format)
     if data_format == "channels_first":
         got = _apply(layer, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
         shape_in = (None, 4, *size)
@@ -83,7 +133,7 @@ def test_ceil_mode_with_unknown_spatial_size(data_format, rng):
     model = keras.Model(inputs, outputs)
     for size in (9, 10):
         x = rng.normal(size=(1, size, size, 4)).astype("float32")
-        expected = _ceil_max_pool_reference(x, 3, 2)
+        expected = _max_pool_reference(x, 3, 2, True)
         feed = x if data_format == "channels_last" else x.transpose(0, 3, 1, 2)
         got = model.predict(feed, verbose=0)
         if data_format == "channels_first":
@@ -91,18 +141,13 @@ def test_ceil_mode_with_unknown_spatial_size(data_format, rng):
         np.testing.assert_array_equal(got, expected)
 
 
-def test_floor_mode_is_keras_max_pooling(rng):
-    x = rng.normal(size=(1, 8, 8, 2)).astype("float32")
-    ours = layers.MaxPooling2D(3, strides=2, data_format="channels_last")
-    theirs = keras.layers.MaxPooling2D(3, strides=2, data_format="channels_last")
-    np.testing.assert_array_equal(_apply(ours, x), _apply(theirs, x))
-
-
-def test_ceil_mode_matches_torch_when_installed(rng):
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_max_pooling_matches_torch_when_installed(ceil_mode, rng):
     torch = pytest.importorskip("torch")
     x = rng.normal(size=(2, 3, 13, 14)).astype("float32")
-    expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, ceil_mode=True).numpy()
-    got = _apply(layers.MaxPooling2D(3, strides=2, ceil_mode=True,
+    expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2,
+                                              ceil_mode=ceil_mode).numpy()
+    got = _apply(layers.MaxPooling2D(3, strides=2, ceil_mode=ceil_mode,
                                      data_format="channels_first"), x)
     np.testing.assert_array_equal(got, expected)
 
@@ -114,7 +159,10 @@ def test_ceil_mode_rejects_what_it_cannot_do():
         layers.MaxPooling2D(2, strides=3, ceil_mode=True)
 
 
-def test_max_pooling_serializes_ceil_mode():
+def test_max_pooling_serialization_round_trip_keeps_ceil_mode(rng):
     layer = layers.MaxPooling2D(3, strides=2, ceil_mode=True, name="p")
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(restored) is layers.MaxPooling2D and restored.ceil_mode is True
+    x = rng.normal(size=(1, 8, 8, 2)).astype("float32")
+    expected = _apply(layer, x)
+    assert expected.shape == (1, 4, 4, 2)  # floor pooling would give 3x3
+    np.testing.assert_array_equal(_apply(restored, x), expected)

@@ -45,8 +45,9 @@ def test_modes_numpy(mode, data_format):
     np.testing.assert_allclose(out, reference(x_last, mode), rtol=1e-6, atol=1e-5)
     # A single image (3D) works the same way.
     single = multinet.preprocess_input(x[0], mode, data_format=data_format)
-    np.testing.assert_allclose(single, multinet.preprocess_input(x, mode,
-                                                                 data_format=data_format)[0])
+    if data_format == "channels_first":
+        single = single.transpose(1, 2, 0)
+    np.testing.assert_allclose(single, reference(x_last[0], mode), rtol=1e-6, atol=1e-5)
 
 
 def test_float_precision_and_no_in_place_change():
@@ -71,9 +72,10 @@ def test_backend_tensors(data_format):
         out = multinet.preprocess_input(tensor, mode, data_format=data_format)
         assert keras.ops.is_tensor(out) and not isinstance(out, np.ndarray)
         assert keras.backend.standardize_dtype(out.dtype) == "float32"
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(out),
-                                   multinet.preprocess_input(x, mode, data_format=data_format),
-                                   rtol=1e-6, atol=1e-5)
+        out = keras.ops.convert_to_numpy(out)
+        if data_format == "channels_first":
+            out = out.transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(out, reference(x_last, mode), rtol=1e-6, atol=1e-5)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(tensor), x)
 
 
@@ -190,16 +192,40 @@ def test_cat_pipeline(data_format, tmp_path):
     save_file(wf.torchvision_state_dict("squeezenet1_1"), str(path))
     model = multinet.create_model("squeezenet1_1", weights=str(path), data_format=data_format)
     image = multinet.load_image(CAT, crop=224, data_format=data_format)
-    batch = multinet.preprocess_input(image[None], model=model)
+    # The cat, and the cat with its red and blue channels swapped: what the
+    # model answers depends on the picture.
+    swapped = image[::-1] if data_format == "channels_first" else image[..., ::-1]
+    batch = multinet.preprocess_input(np.stack([image, swapped]), model=model)
     probs = model.predict(batch, verbose=0)
-    assert probs.shape == (1, 1000)
-    (top,) = multinet.decode_predictions(probs, top=5)
+    assert probs.shape == (2, 1000)
+    assert np.abs(probs[0] - probs[1]).max() > 0.1 * probs[0].max()
+    assert probs[0].argmax() != probs[1].argmax()
+    (top, other) = multinet.decode_predictions(probs, top=5)
     scores = [score for _, _, score in top]
     assert scores == sorted(scores, reverse=True) and 0 <= scores[-1] and sum(scores) <= 1 + 1e-6
-    assert scores[0] == pytest.approx(float(probs.max()))
-    assert all(entry[:2] in imagenet_classes() for entry in top)
+    assert scores[0] == pytest.approx(float(probs[0].max()))
+    assert top[0][:2] == imagenet_classes()[probs[0].argmax()] != other[0][:2]
     # The same numbers as preprocessing by hand in torch mode.
     by_hand = (image.transpose(1, 2, 0) if data_format == "channels_first" else image)
     expected = ((by_hand / 255.0 - MEAN) / STD).astype("float32")
     got = batch[0].transpose(1, 2, 0) if data_format == "channels_first" else batch[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cat_pipeline_matches_the_torch_reference():
+    """Where PyTorch is installed: the torchvision architecture with the same
+    weights, on the cat preprocessed by hand, gives the same probabilities."""
+    torch = pytest.importorskip("torch")
+    import torch_reference
+
+    state = wf.torchvision_state_dict("squeezenet1_1")
+    module = torch_reference.build("squeezenet1_1")
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    image = multinet.load_image(CAT, crop=224)
+    by_hand = ((image / 255.0 - MEAN) / STD).astype("float32").transpose(2, 0, 1)[None]
+    with torch.inference_mode():
+        expected = torch.softmax(module(torch.from_numpy(by_hand)), dim=1).numpy()
+    model = multinet.create_model("squeezenet1_1", weights=wf.torchvision_state_dict(
+        "squeezenet1_1"), data_format="channels_last")
+    got = model.predict(multinet.preprocess_input(image[None], model=model), verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)

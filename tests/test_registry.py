@@ -84,7 +84,9 @@ def test_keras_applications_style_constructors():
     model = models.VGG16(include_top=False, weights=None, pooling="avg",
                          input_shape=(64, 64, 3), data_format="channels_last")
     assert model.name == "vgg16" and model.output_shape == (None, 512)
-    assert models.VGG19.__name__ == "VGG19"
+    assert model.count_params() == 14_714_688  # REFERENCE.md: vgg16 without its top
+    vgg19 = models.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
+    assert vgg19.name == "vgg19" and vgg19.count_params() == 20_024_384
     assert models.SqueezeNet(version="1.0", weights=None,
                              input_shape=(64, 64, 3)).name == "squeezenet1_0"
     classic = models.SqueezeNet(version="1_1", weights=None, ceil_mode=False,

@@ -1,6 +1,6 @@
 """The classic Keras tutorial multinet comes from, on every backend and in
-both data formats: Sequential CNNs with rmsprop and Nesterov SGD, a
-one-neuron linear regression, HDF5 weights, and a Functional-API model on a
+both data formats: Sequential CNNs with rmsprop and Nesterov SGD, the
+demo's one-neuron linear regression, HDF5 weights, and a Functional-API model on a
 (1, 28, 28) channels_first input."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from multinet import layers
+from multinet import demo, layers
 
 
 def stripes(rng, n, data_format, size=16):
@@ -65,17 +65,14 @@ def test_sequential_cnn_fit_and_evaluate(optimizer, data_format):
     assert accuracy >= 0.9
 
 
-def test_linear_regression_learns_three():
-    rng = np.random.default_rng(0)
-    keras.utils.set_random_seed(0)
-    x = rng.uniform(-1, 1, size=(200, 1)).astype("float32")
-    y = 3 * x + rng.normal(0, 0.33, size=(200, 1)).astype("float32")
-    model = keras.Sequential([keras.Input(shape=(1,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="mse")
-    model.fit(x, y, epochs=40, batch_size=20, verbose=0)
-    weight, bias = model.layers[0].get_weights()
-    assert abs(float(weight[0, 0]) - 3.0) < 0.1
-    assert abs(float(bias[0])) < 0.2
+def test_demo_linear_regression_learns_three():
+    """Step 1 of ``multinet demo``: y = 3x + N(0, 0.1) on 256 points, true bias 0."""
+    keras.utils.set_random_seed(demo.SEED)
+    said = []
+    w, b = demo.linear_regression(said.append, verbose=0)
+    assert abs(w - 3.0) < 0.05
+    assert abs(b) < 0.05
+    assert f"w = {w:.3f}, b = {b:+.3f}" in said[-1]
 
 
 def test_save_weights_load_weights_hdf5(tmp_path, data_format):
