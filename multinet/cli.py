@@ -301,9 +301,10 @@ def describe_weights_file(spec: ModelSpec, path: str) -> dict:
     except (ValueError, OSError) as error:
         raise CommandError(f"cannot read weights file {path}: {_one_line(error)}") from error
     entry = next((e for e in spec.weights if e.layout == source_layout), None)
-    info = {"layout": layout, "entry": entry,
-            "arch_options": spec.family.source_options(source_layout, names),
-            "preprocessing": spec.family.preprocessing.get(source_layout), "input_size": None}
+    arch_options = spec.family.source_options(source_layout, names)
+    info = {"layout": layout, "entry": entry, "arch_options": arch_options,
+            "preprocessing": spec.family.preprocessing_for(source_layout, arch_options),
+            "input_size": None}
     if entry is not None:
         info.update(preprocessing=entry.preprocessing, input_size=entry.input_size)
     if layout == "keras_v3":
