@@ -251,12 +251,10 @@ def create_model(
     spec = get_model_spec(name)
     entry = resolve_weights(spec, weights)
     # Everything about the weights is checked before the (slow) build: an
-    # entry's file is fetched, a file's content read for the options it needs.
+    # entry's options and classes (before its file is fetched), a file's
+    # content for the options it needs.
     path = None
     if entry is not None:
-        from multinet.weights import fetch
-
-        path = fetch(entry, include_top=include_top, model_name=spec.name)
         needed, origin = dict(entry.arch_options), f"weights {entry.name!r}"
         if include_top and classes != entry.classes:
             raise ValueError(
@@ -278,6 +276,10 @@ def create_model(
             raise ValueError(
                 f"{name}: {origin} need {key}={value!r}, got {key}={model_kwargs[key]!r}")
         model_kwargs[key] = value
+    if entry is not None:
+        from multinet.weights import fetch
+
+        path = fetch(entry, include_top=include_top, model_name=spec.name)
     model = spec.builder(
         include_top=include_top,
         input_tensor=input_tensor,

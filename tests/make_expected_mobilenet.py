@@ -271,8 +271,8 @@ def set_keras_weights(keras_model, structure, stats) -> None:
 
 def make_keras(model: str) -> dict:
     import tensorflow as tf
-
     import tf_keras
+
     keras_model = tf_keras_model(model, 224)
     structure = keras_structure(keras_model)
     set_keras_weights(keras_model, structure, {})

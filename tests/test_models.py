@@ -17,10 +17,23 @@ import multinet
 from multinet import backend
 
 # One row per model: a new model needs one new row here.
-#   params / params_notop: keras count_params() with and without the classifier
+#   params: trainable parameters (the registry's num_params, torchvision's count)
+#   params_total: keras count_params(), BatchNorm moving statistics included
+#     (where there are any; else the same as params)
+#   params_notop: keras count_params() without the classifier
 #   features: {input size: (height, width, channels) of the include_top=False output}
 #   small: a small input size for quick forward passes
 MODEL_FACTS = {
+    "mobilenet_v2": dict(params=3_504_872, params_total=3_538_984, params_notop=2_257_984,
+                         features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
+                         small=64),
+    "mobilenet_v3_large": dict(params=5_483_032, params_total=5_507_432,
+                               params_notop=2_996_352,
+                               features={224: (7, 7, 960), 199: (7, 7, 960), 64: (2, 2, 960)},
+                               small=64),
+    "mobilenet_v3_small": dict(params=2_542_856, params_total=2_554_968, params_notop=939_120,
+                               features={224: (7, 7, 576), 199: (7, 7, 576), 64: (2, 2, 576)},
+                               small=64),
     "squeezenet1_0": dict(params=1_248_424, params_notop=735_424,
                           features={224: (13, 13, 512), 64: (3, 3, 512)}, small=64),
     "squeezenet1_1": dict(params=1_235_496, params_notop=722_496,
@@ -36,6 +49,8 @@ MODEL_FACTS = {
                   features={224: (7, 7, 512), 64: (2, 2, 512)}, small=64),
 }
 MODELS = multinet.list_models()
+# No test here depends on the initial weights' values.
+pytestmark = pytest.mark.usefixtures("numpy_initial_weights")
 
 
 def in_format(hwc, data_format):
@@ -49,14 +64,22 @@ def test_every_model_has_a_facts_row():
         assert multinet.get_model_spec(name).num_params == MODEL_FACTS[name]["params"]
 
 
+def structure(name, **kwargs):
+    """A model built for its structure only: its variables are never
+    initialized (no random draws, no memory for VGG's 138M), so it cannot run."""
+    with keras.StatelessScope(initialize_variables=False):
+        return multinet.create_model(name, **kwargs)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_counts(name, data_format):
     facts = MODEL_FACTS[name]
-    model = multinet.create_model(name, data_format=data_format)
-    assert model.count_params() == facts["params"]
+    model = structure(name, data_format=data_format)
+    assert model.count_params() == facts.get("params_total", facts["params"])
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == facts["params"]
     assert model.output_shape == (None, 1000)
     assert model.input_shape == (None, *in_format((224, 224, 3), data_format))
-    notop = multinet.create_model(name, include_top=False, data_format=data_format)
+    notop = structure(name, include_top=False, data_format=data_format)
     assert notop.count_params() == facts["params_notop"]
 
 
@@ -65,8 +88,7 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
     facts = MODEL_FACTS[name]
     for size, hwc in facts["features"].items():
         shape = in_format((size, size, 3), data_format)
-        model = multinet.create_model(name, include_top=False, input_shape=shape,
-                                      data_format=data_format)
+        model = structure(name, include_top=False, input_shape=shape, data_format=data_format)
         assert model.output_shape == (None, *in_format(hwc, data_format)), size
     size = facts["small"]
     x = images(rng, 2, size, data_format)
@@ -74,7 +96,7 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
         model = multinet.create_model(name, include_top=False, pooling=pooling,
                                       input_shape=x.shape[1:], data_format=data_format)
         out = model.predict(x, verbose=0)
-        assert out.shape == (2, 512)
+        assert out.shape == (2, hwc[-1])
         assert np.isfinite(out).all()
 
 
@@ -171,7 +193,8 @@ def test_min_sizes_build_and_run():
         with pytest.raises(ValueError, match=f"{name}.*too small.*at least {size}"):
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
                                   data_format="channels_last")
-    assert [multinet.get_model_spec(n).min_size for n in MODELS] == [21, 17, 32, 32, 32, 32]
+    assert [multinet.get_model_spec(n).min_size for n in MODELS] == [32, 32, 32, 21, 17, 32, 32,
+                                                                      32, 32]
 
 
 @pytest.mark.parametrize(

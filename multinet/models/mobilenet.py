@@ -601,7 +601,35 @@ for _name in V3_BLOCKS:
 def _create(model_name, **kwargs):
     from multinet.registry import create_model
 
+    kwargs["weights"] = _imagenet_entry(model_name, kwargs)
     return create_model(model_name, **kwargs)
+
+
+def _imagenet_entry(model_name, kwargs):
+    """As in keras.applications, ``weights="imagenet"`` means the published
+    file for the ``alpha`` (and ``minimalistic``) asked for; with
+    ``variant="torchvision"``, torchvision's checkpoint."""
+    weights = kwargs.get("weights")
+    if weights != "imagenet":
+        return weights
+    try:
+        alpha = float(kwargs.get("alpha", 1.0))
+    except (TypeError, ValueError):
+        return weights  # the builder names the bad alpha
+    minimalistic = bool(kwargs.get("minimalistic", False))
+    source = "torchvision" if kwargs.get("variant") == "torchvision" else "keras_legacy_h5"
+    from multinet.registry import get_model_spec
+
+    entries = [e for e in get_model_spec(model_name).weights if e.layout == source]
+    for entry in entries:
+        options = entry.arch_options
+        if options["alpha"] == alpha and options.get("minimalistic", False) == minimalistic:
+            return entry.name
+    published = ", ".join(
+        f"alpha={e.arch_options['alpha']}" + (", minimalistic=True" if e.arch_options.get(
+            "minimalistic") else "") for e in entries)
+    what = f"alpha={kwargs.get('alpha', 1.0)!r}" + (", minimalistic=True" * minimalistic)
+    raise ValueError(f"{model_name}: no ImageNet weights for {what}; published: {published}")
 
 
 def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights=None, input_tensor=None,
