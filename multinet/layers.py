@@ -96,6 +96,37 @@ class Conv2D(keras.layers.Conv2D):
         return ops.transpose(x, (0, 3, 1, 2)) if nhwc_only else x
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` that also runs channels_first where
+    the backend cannot, namely TensorFlow on a CPU (its depthwise kernels are
+    NHWC-only too).
+
+    There the layer runs on the transposed batch and the result is transposed
+    back, as ``Conv2D`` does; the kernel, (kh, kw, channels, multiplier), is
+    the same either way. The bias is added with the data format stated.
+    """
+
+    def call(self, inputs):
+        nhwc_only = (self.data_format == backend.CHANNELS_FIRST
+                     and not backend.channels_first_conv_supported())
+        data_format = backend.CHANNELS_LAST if nhwc_only else self.data_format
+        x = ops.transpose(inputs, (0, 2, 3, 1)) if nhwc_only else inputs
+        x = ops.depthwise_conv(
+            x,
+            self.kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=data_format,
+        )
+        if self.use_bias:
+            x = backend.bias_add(x, self.bias, data_format)
+        if self.activation is not None:
+            x = self.activation(x)
+        return ops.transpose(x, (0, 3, 1, 2)) if nhwc_only else x
+
+
 def pool_output_size(size, pool, stride, ceil_mode):
     if size is None:
         return None

@@ -15,7 +15,7 @@ from keras import ops
 from multinet import backend
 from multinet.layers import standardize_data_format
 
-MODES = ("caffe", "torch", "tf")
+MODES = ("caffe", "torch", "tf", "none")
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
@@ -57,7 +57,9 @@ def preprocess_input(x, mode: str | None = None, *, model=None, data_format: str
     """Scale RGB images with values in [0, 255] the way a model's weights expect.
 
     ``mode``: ``"caffe"`` (RGB to BGR, subtract the ImageNet mean),
-    ``"torch"`` (/255, subtract mean, divide by std) or ``"tf"`` (to [-1, 1]).
+    ``"torch"`` (/255, subtract mean, divide by std), ``"tf"`` (to [-1, 1]) or
+    ``"none"`` (the values as they are, [0, 255], for models that scale their
+    input themselves, such as keras' MobileNetV3 with its ``Rescaling``).
     With ``model=`` and no ``mode``, the mode of the weights loaded into that
     model (by ``create_model`` or ``load_weights``) is used, and the data format
     follows the model's input. ``x`` (3D image or 4D batch) is never modified;
@@ -102,6 +104,8 @@ def preprocess_input(x, mode: str | None = None, *, model=None, data_format: str
         array = np.asarray(values, dtype=dtype).reshape(shape)
         return array if is_numpy else ops.convert_to_tensor(array)
 
+    if mode == "none":
+        return x  # already a float copy (or cast tensor) of the input
     if mode == "tf":
         return x / 127.5 - 1.0
     if mode == "caffe":

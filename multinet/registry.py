@@ -100,7 +100,11 @@ class Family:
       of ``layout`` with these (model-side) layer or module names needs, e.g.
       ``{"ceil_mode": False}`` for the keras-squeezenet port.
     - ``preprocessing``: ``{layout: mode}``, the input mode that weights of a
-      layout expect (``"torch"`` for torchvision checkpoints).
+      layout expect (``"torch"`` for torchvision checkpoints). Where the mode
+      depends on how the model was built, the value is a function of the
+      model's options giving the mode (keras' MobileNetV3 takes [0, 255]
+      inputs with its in-model ``Rescaling``, [-1, 1] without it); read it
+      with ``preprocessing_for``.
     """
 
     name: str
@@ -108,12 +112,19 @@ class Family:
     torchvision_names: Callable[[str, Mapping[str, Any]], dict[str, str]] | None = None
     keras_names: Callable[[str, Mapping[str, Any]], dict[str, str]] | None = None
     source_options: Callable[[str, frozenset], dict] = _no_options
-    preprocessing: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    preprocessing: Mapping[str, str | Callable[[Mapping[str, Any]], str]] = dataclasses.field(
+        default_factory=dict)
     description: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "head_layers", tuple(self.head_layers))
         object.__setattr__(self, "preprocessing", MappingProxyType(dict(self.preprocessing)))
+
+    def preprocessing_for(self, layout: str, options: Mapping[str, Any] | None = None):
+        """The input mode weights of ``layout`` expect in a model built with
+        ``options`` (its architecture options; None: the defaults), or None."""
+        mode = self.preprocessing.get(layout)
+        return mode(dict(options or {})) if callable(mode) else mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +305,10 @@ def create_model(
         from multinet.weights import load_weights, remember
 
         report = load_weights(model, path)
+        # The family's mode for the model as built (an option may change it),
+        # else the entry's.
         remember(model, entry=entry.name, layout=report.layout,
-                 preprocessing=entry.preprocessing, source=str(path))
+                 preprocessing=report.preprocessing or entry.preprocessing, source=str(path))
     elif weights is not None:
         from multinet.weights import load_weights
 

@@ -37,3 +37,33 @@ def _restore_keras_config():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def numpy_initial_weights():
+    """On JAX, draw Keras' uniform initial weights (glorot_uniform, the
+    default of convolutions and dense layers) with numpy in this module.
+
+    JAX compiles its random kernels once per weight shape, about a second
+    each on a busy 2-core CPU and over 60 shapes per MobileNet, before any
+    weights are loaded. For modules whose tests do not depend on the initial
+    values (they load weights, copy them, or only check shapes). Other
+    backends are left alone.
+    """
+    from multinet import backend
+
+    if backend.name() != "jax":
+        yield
+        return
+    import jax.numpy as jnp
+    from keras.src.backend.jax import random as jax_random
+
+    rng = np.random.default_rng(0)
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        dtype = keras.backend.standardize_dtype(dtype or keras.config.floatx())
+        return jnp.asarray(rng.uniform(minval, maxval, tuple(shape)).astype(dtype))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax_random, "uniform", uniform)
+        yield

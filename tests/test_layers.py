@@ -1,4 +1,5 @@
-"""multinet.layers: Conv2D in both formats on every backend, ceil-mode pooling."""
+"""multinet.layers: Conv2D and DepthwiseConv2D in both formats on every backend,
+ceil-mode pooling."""
 
 from __future__ import annotations
 
@@ -84,6 +85,75 @@ def test_conv2d_serialization_round_trip_gives_the_same_outputs(rng):
     restored.set_weights(layer.get_weights())
     np.testing.assert_array_equal(_apply(restored, x), expected)
     assert expected.shape == (2, 4, 5, 4)
+
+
+def _depthwise_reference(x, kernel, bias, strides, padding, dilation):
+    """A depthwise convolution on an NHWC array, by loops over the kernel:
+    output channel ``c * multiplier + k`` is input channel ``c`` convolved
+    with ``kernel[:, :, c, k]``; 'same' pads as TensorFlow (extra cell at the
+    bottom/right)."""
+    n, h, w, c = x.shape
+    kh, kw, _, multiplier = kernel.shape
+    spans = ((kh - 1) * dilation + 1, (kw - 1) * dilation + 1)
+    pads = []
+    for size, span, stride in zip((h, w), spans, strides):
+        if padding == "same":
+            out = -(-size // stride)
+            total = max((out - 1) * stride + span - size, 0)
+            pads.append((total // 2, total - total // 2))
+        else:
+            pads.append((0, 0))
+    x = np.pad(x, ((0, 0), *pads, (0, 0)))
+    out_h = (x.shape[1] - spans[0]) // strides[0] + 1
+    out_w = (x.shape[2] - spans[1]) // strides[1] + 1
+    out = np.zeros((n, out_h, out_w, c, multiplier), "float64")
+    for a in range(kh):
+        for b in range(kw):
+            top, left = a * dilation, b * dilation
+            window = x[:, top:top + (out_h - 1) * strides[0] + 1:strides[0],
+                       left:left + (out_w - 1) * strides[1] + 1:strides[1], :]
+            out += window[..., None] * kernel[a, b][None, None, None]
+    out = out.reshape(n, out_h, out_w, c * multiplier)
+    return out + bias if bias is not None else out
+
+
+@pytest.mark.parametrize(
+    "kwargs,size",
+    [
+        (dict(kernel_size=3, padding="same", use_bias=False), (15, 17)),
+        (dict(kernel_size=3, strides=2, padding="same", use_bias=False), (14, 16)),
+        (dict(kernel_size=5, strides=2, padding="valid", activation="relu"), (15, 16)),
+        (dict(kernel_size=(3, 1), depth_multiplier=2, dilation_rate=2, padding="same"), (9, 8)),
+    ],
+)
+def test_depthwise_conv2d_both_formats_match_numpy(kwargs, size, rng):
+    x = rng.normal(size=(2, *size, 4)).astype("float32")
+    last = layers.DepthwiseConv2D(data_format="channels_last", bias_initializer="glorot_uniform",
+                                  **kwargs)
+    first = layers.DepthwiseConv2D(data_format="channels_first", **kwargs)
+    got_last = _apply(last, x)
+    first.build((None, 4, *size))
+    first.set_weights(last.get_weights())
+    got_first = _apply(first, x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    weights = last.get_weights()
+    strides = last.strides
+    expected = _depthwise_reference(x.astype("float64"), weights[0].astype("float64"),
+                                    weights[1] if last.use_bias else None, strides,
+                                    last.padding, last.dilation_rate[0])
+    if kwargs.get("activation") == "relu":
+        expected = np.maximum(expected, 0.0)
+    assert np.abs(expected).max() > 0.1
+    assert got_last.shape == got_first.shape == expected.shape
+    assert rel_error(got_last, expected) < 1e-5
+    assert rel_error(got_first, expected) < 1e-5
+
+
+def test_depthwise_conv2d_is_a_keras_depthwise_conv2d_and_serializes():
+    layer = layers.DepthwiseConv2D(3, strides=2, data_format="channels_first", name="d")
+    assert isinstance(layer, keras.layers.DepthwiseConv2D)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is layers.DepthwiseConv2D
+    assert restored.data_format == "channels_first" and restored.strides == (2, 2)
 
 
 def _max_pool_reference(x, pool, stride, ceil_mode):

@@ -18,12 +18,25 @@ import multinet
 from multinet import backend
 
 # One row per model: a new model needs one new row here.
-#   params / params_notop: keras count_params() with and without the classifier
+#   params: trainable parameters (the registry's num_params, torchvision's count)
+#   params_total: keras count_params(), BatchNorm moving statistics included
+#     (where there are any; else the same as params)
+#   params_notop: keras count_params() without the classifier
 #   features: {input size: (height, width, channels) of the include_top=False output}
 #   small: a small input size for quick forward passes, where ceil and floor
 #          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67)
 #   top_at_small: whether include_top=True builds at that size (VGG's top needs 224)
 MODEL_FACTS = {
+    "mobilenet_v2": dict(params=3_504_872, params_total=3_538_984, params_notop=2_257_984,
+                         features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
+                         small=64, top_at_small=True),
+    "mobilenet_v3_large": dict(params=5_483_032, params_total=5_507_432,
+                               params_notop=2_996_352,
+                               features={224: (7, 7, 960), 199: (7, 7, 960), 64: (2, 2, 960)},
+                               small=64, top_at_small=True),
+    "mobilenet_v3_small": dict(params=2_542_856, params_total=2_554_968, params_notop=939_120,
+                               features={224: (7, 7, 576), 199: (7, 7, 576), 64: (2, 2, 576)},
+                               small=64, top_at_small=True),
     "squeezenet1_0": dict(params=1_248_424, params_notop=735_424,
                           features={224: (13, 13, 512), 64: (3, 3, 512)}, small=64,
                           top_at_small=True),
@@ -65,6 +78,8 @@ def run(model, x):
     """Outputs in inference mode, called directly (on JAX, op by op, which
     shares compiled operations between models of the same shapes)."""
     return keras.ops.convert_to_numpy(model(x, training=False))
+# No test here depends on the initial weights' values.
+pytestmark = pytest.mark.usefixtures("numpy_initial_weights")
 
 
 def in_format(hwc, data_format):
@@ -78,14 +93,23 @@ def test_every_model_has_a_facts_row():
         assert multinet.get_model_spec(name).num_params == MODEL_FACTS[name]["params"]
 
 
+def structure(name, **kwargs):
+    """A model built for its structure only: its variables are never
+    initialized (no random draws, no memory for VGG's 138M), so it cannot run."""
+    with keras.StatelessScope(initialize_variables=False):
+        return multinet.create_model(name, **kwargs)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_counts(name, data_format):
     facts = MODEL_FACTS[name]
-    model = multinet.create_model(name, data_format=data_format)
-    assert model.count_params() == facts["params"]
+    model = structure(name, data_format=data_format)
+    assert model.count_params() == facts.get("params_total", facts["params"])
+    if "params_total" in facts:  # else params is count_params() (the ResNet rows)
+        assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == facts["params"]
     assert model.output_shape == (None, 1000)
     assert model.input_shape == (None, *in_format((224, 224, 3), data_format))
-    notop = multinet.create_model(name, include_top=False, data_format=data_format)
+    notop = structure(name, include_top=False, data_format=data_format)
     assert notop.count_params() == facts["params_notop"]
 
 
@@ -94,8 +118,7 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
     facts = MODEL_FACTS[name]
     for size, hwc in facts["features"].items():
         shape = in_format((size, size, 3), data_format)
-        model = multinet.create_model(name, include_top=False, input_shape=shape,
-                                      data_format=data_format)
+        model = structure(name, include_top=False, input_shape=shape, data_format=data_format)
         assert model.output_shape == (None, *in_format(hwc, data_format)), size
     # pooling="avg"/"max" is the spatial mean/max of the unpooled features
     # (the same weights), whatever format the model computes in.
@@ -219,7 +242,7 @@ def test_min_sizes_build_and_run():
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
                                   data_format="channels_last")
     assert [multinet.get_model_spec(n).min_size for n in MODELS] == [
-        1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32]
+        32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32]
 
 
 @pytest.mark.parametrize(

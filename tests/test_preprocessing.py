@@ -28,11 +28,13 @@ def reference(x_last, mode):
         return x[..., ::-1] - MEAN_BGR
     if mode == "torch":
         return (x / 255.0 - MEAN) / STD
+    if mode == "none":
+        return x
     return x / 127.5 - 1.0
 
 
 @pytest.mark.parametrize("data_format", FORMATS)
-@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf", "none"])
 def test_modes_numpy(mode, data_format):
     x_last = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3)).astype("uint8")
     x = x_last if data_format == "channels_last" else x_last.transpose(0, 3, 1, 2)
@@ -63,12 +65,24 @@ def test_float_precision_and_no_in_place_change():
     np.testing.assert_allclose(out, [[[-1, 0, 1]]])
 
 
+def test_mode_none_is_a_float_copy():
+    """'none': [0, 255] as is, for models that scale their input themselves."""
+    x = np.random.default_rng(5).uniform(0, 255, (2, 4, 4, 3))
+    out = multinet.preprocess_input(x, "none")
+    assert out is not x and out.dtype == np.float64
+    np.testing.assert_array_equal(out, x)
+    out[...] = 0.0
+    assert x.max() > 0  # a copy: changing it leaves the input alone
+    ints = multinet.preprocess_input(np.full((4, 4, 3), 255, "uint8"), "none")
+    assert ints.dtype == np.float32 and float(ints.max()) == 255.0
+
+
 @pytest.mark.parametrize("data_format", FORMATS)
 def test_backend_tensors(data_format):
     x_last = np.random.default_rng(2).integers(0, 256, (2, 4, 4, 3)).astype("uint8")
     x = x_last if data_format == "channels_last" else x_last.transpose(0, 3, 1, 2)
     tensor = keras.ops.convert_to_tensor(x)
-    for mode in ("caffe", "torch", "tf"):
+    for mode in ("caffe", "torch", "tf", "none"):
         out = multinet.preprocess_input(tensor, mode, data_format=data_format)
         assert keras.ops.is_tensor(out) and not isinstance(out, np.ndarray)
         assert keras.backend.standardize_dtype(out.dtype) == "float32"

@@ -213,7 +213,8 @@ def describe_weights_file(spec: ModelSpec, path: str) -> dict:
         _check_torchvision_modules(spec, path, names, arch_options)
     entry = next((e for e in spec.weights if e.layout == source_layout), None)
     info = {"layout": layout, "entry": entry, "arch_options": arch_options,
-            "preprocessing": spec.family.preprocessing.get(source_layout), "input_size": None,
+            "preprocessing": spec.family.preprocessing_for(source_layout, arch_options),
+            "input_size": None,
             "resize_size": None, "interpolation": "bilinear", "classes": None}
     if entry is not None:
         info.update(preprocessing=entry.preprocessing, input_size=entry.input_size,

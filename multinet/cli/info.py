@@ -66,7 +66,8 @@ def run(args) -> int:
         "min_size": spec.min_size,
         "fixed_top_size": spec.fixed_top_size,
         "head_layers": list(spec.family.head_layers),
-        "preprocessing_by_layout": dict(spec.family.preprocessing),
+        "preprocessing_by_layout": {layout: spec.family.preprocessing_for(layout)
+                                    for layout in spec.family.preprocessing},
         "options": options,
         "weights": [_entry_info(spec, e) for e in spec.weights],
     }
@@ -84,8 +85,8 @@ def run(args) -> int:
         ("top input", f"{spec.fixed_top_size}x{spec.fixed_top_size} only (other sizes: "
                       f"include_top=False)" if spec.fixed_top_size else "any size"),
         ("classifier", ", ".join(spec.family.head_layers) or "-"),
-        ("preprocessing", ", ".join(f"{mode} for {layout} files" for layout, mode
-                                    in spec.family.preprocessing.items()) or "-"),
+        ("preprocessing", ", ".join(f"{spec.family.preprocessing_for(layout)} for {layout} "
+                                    f"files" for layout in spec.family.preprocessing) or "-"),
         ("data formats", ", ".join(DATA_FORMATS)),
         ("options", ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-"),
     ]

@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every model."""
 
+from multinet.models.mobilenet import MobileNetV2, MobileNetV3Large, MobileNetV3Small
 from multinet.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from multinet.models.squeezenet import SqueezeNet, SqueezeNet1_0, SqueezeNet1_1, fire_module
 from multinet.models.vgg import VGG11, VGG13, VGG16, VGG19
@@ -10,6 +11,9 @@ __all__ = [
     "ResNet50",
     "ResNet101",
     "ResNet152",
+    "MobileNetV2",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
     "VGG11",
     "VGG13",
     "VGG16",

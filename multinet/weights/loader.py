@@ -244,7 +244,8 @@ def _assign(model, found: SourceWeights, described: str, *, skip_mismatch: bool)
     if family is not None:
         _name_for_family(found, family, model)
         if found.preprocessing is None:
-            found.preprocessing = family.preprocessing.get(found.layout)
+            found.preprocessing = family.preprocessing_for(
+                found.layout, model_info(model).get("options"))
     report = LoadReport(described, found.layout, model.name, preprocessing=found.preprocessing)
     head_names = set(family.head_layers) if family is not None else set()
     model_has_head = bool(head_names & set(targets))

@@ -191,6 +191,6 @@ def read_state_dict(state: Mapping, model) -> SourceWeights:
             continue
         if target in family.head_layers:
             head.add(target)
-    preprocessing = family.preprocessing.get("torchvision")
+    preprocessing = family.preprocessing_for("torchvision", info.get("options"))
     return SourceWeights("torchvision", tensors, labels, head=head, preprocessing=preprocessing,
                          problems=problems)
