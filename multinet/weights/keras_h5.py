@@ -160,9 +160,8 @@ def read_legacy(root) -> SourceWeights:
             raise ValueError(f"layer {name!r} appears twice in the file")
         tensors[name] = arrays
         labels[name] = layer_name
-    # keras.applications and keras-squeezenet published these for
-    # caffe-style inputs (BGR, mean subtracted).
-    return SourceWeights("keras_legacy_h5", tensors, labels, preprocessing="caffe")
+    # The input mode these weights expect is the family's to say.
+    return SourceWeights("keras_legacy_h5", tensors, labels)
 
 
 def _snake_case(name: str) -> str:
