@@ -174,7 +174,10 @@ def assert_same_outputs(last, first, x):
     clearly differ (so the comparison is not between constants)."""
     expected, got = run(last, x), run(first, x)
     assert got.shape == expected.shape
-    assert rel_error(expected[0], expected[1]) > 0.05
+    # Deep random-weight networks (MobileNetV3's hard-swish stack) shrink the
+    # signal, but the two inputs' outputs must still differ far more than the
+    # formats may (1e-3 against 1e-5).
+    assert rel_error(expected[0], expected[1]) > 1e-3
     assert rel_error(got, expected) < 1e-5
 
 
