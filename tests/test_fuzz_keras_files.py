@@ -602,14 +602,21 @@ def test_only_torch_save_pickles_are_read_as_torch(files, head, layout):
             multinet.weights.detect_layout(path)
 
 
-def test_a_non_zip_torch_save_file_loads(files):
+def test_a_real_pre_zip_torch_save_file_is_refused_with_what_to_do(files):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes the pre-1.6
+    format; it is recognised as such (not as an unknown file) and refused in one
+    line that says how to re-save it, leaving the model as it was."""
     torch = pytest.importorskip("torch")
     state = {k: torch.from_numpy(v)
              for k, v in wf.torchvision_state_dict("squeezenet1_1", classes=CLASSES).items()}
     path = files["folder"] / "old_format.pth"
     torch.save(state, path, _use_new_zipfile_serialization=False)
     target = build()
-    report = multinet.load_weights(target, path)
-    assert report.layout == "torchvision" and len(report.loaded) == 26
-    np.testing.assert_array_equal(target.get_layer("conv1").kernel,
-                                  state["features.0.weight"].numpy().transpose(2, 3, 1, 0))
+    before = snapshot(target)
+    with pytest.raises(WeightsLoadError) as info:
+        multinet.load_weights(target, path)
+    message = str(info.value)
+    assert "\n" not in message and "old_format.pth" in message
+    assert "legacy (pre-1.6)" in message and "re-save" in message and ".safetensors" in message
+    after = snapshot(target)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))

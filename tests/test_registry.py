@@ -88,8 +88,8 @@ def test_keras_applications_style_constructors():
     assert model.count_params() == 14_714_688  # REFERENCE.md: vgg16 without its top
     vgg19 = models.VGG19(include_top=False, weights=None, input_shape=(32, 32, 3))
     assert vgg19.name == "vgg19" and vgg19.count_params() == 20_024_384
-    assert models.SqueezeNet(version="1.0", weights=None,
-                             input_shape=(64, 64, 3)).name == "squeezenet1_0"
+    v1_0 = models.SqueezeNet(version="1.0", weights=None, input_shape=(64, 64, 3))
+    assert v1_0.name == "squeezenet1_0" and v1_0.count_params() == 1_248_424
     classic = models.SqueezeNet(version="1_1", weights=None, ceil_mode=False,
                                 include_top=False, input_shape=(227, 227, 3),
                                 data_format="channels_last", name="classic")

@@ -217,9 +217,10 @@ def test_create_model_downloads_a_registry_entry(server, cache):
                                   dict(layers)["fire9/expand1x1"][0])
     spec = multinet.get_model_spec("squeezenet1_1").get_weights("keras-squeezenet")
     assert cached_path(spec) == cache / name
-    x = np.full((1, 227, 227, 3), 128, "uint8")
-    np.testing.assert_allclose(multinet.preprocess_input(x, model=model),
-                               multinet.preprocess_input(x, "caffe"))
+    x = np.zeros((1, 227, 227, 3), "uint8") + np.array([10, 128, 250], "uint8")
+    # caffe: RGB to BGR, minus the BGR ImageNet mean
+    np.testing.assert_allclose(multinet.preprocess_input(x, model=model)[0, 5, 7],
+                               [250 - 103.939, 128 - 116.779, 10 - 123.68], rtol=1e-6)
 
 
 def test_create_model_offline_error_names_file_url_and_cache(cache, monkeypatch):
