@@ -60,8 +60,15 @@ def tests(session: nox.Session, backend: str) -> None:
     if REFERENCES[backend]:
         session.install(*REFERENCES[backend])
     basetemp = os.path.join(session.create_tmp(), "pytest")
-    session.run("pytest", f"--basetemp={basetemp}", *session.posargs,
+    session.run("pytest", f"--basetemp={basetemp}", *parallel_args(), *session.posargs,
                 env=backend_env(session, backend))
+
+
+def parallel_args() -> list[str]:
+    """pytest-xdist workers, one per core up to four, each taking whole test files
+    (so module-scoped models are built once); `-- -n 0` runs in one process."""
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    return ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
 
 
 @nox.session
