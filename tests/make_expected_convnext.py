@@ -9,9 +9,10 @@ and weight names and shapes, as tf-keras' ``save_weights("x.h5")`` writes
 them, the stem and downsampling layers nested in their ``Sequential``
 groups; for keras' convnext_tiny also the file of the model without its top,
 which ends in an auto-named ``layer_normalization``). For convnext_tiny,
-tested at full depth, it also holds the reference's logits on ``structured_images`` at 224 and 121, each through the
-reference's own pipeline (torchvision: ``ToTensor`` + ``Normalize``; keras:
-[0, 255] pixels into the model, whose ``Normalization`` layer does the rest;
+tested at full depth, it also holds the reference's logits on
+``structured_images`` at 224 and 121, each through the reference's own
+pipeline (torchvision: ``ToTensor`` + ``Normalize``; keras: [0, 255] pixels
+into the model, whose ``Normalization`` layer does the rest;
 ``keras.applications.convnext.preprocess_input`` is the identity).
 
 ConvNeXt has no BatchNorm, so nothing is calibrated: every tensor is drawn
