@@ -136,7 +136,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
 
     Over the last axis it is Keras' layer; otherwise the mean and the
     (two-pass) variance are taken over ``axis`` with ``keras.ops``, and gamma
-    and beta broadcast along it: no transpose of the batch. Weights are
+    and beta broadcast along it: no transpose of the batch (PyTorch: one
+    ``layer_norm`` kernel on an NHWC view, ``backend.channels_first_layer_norm``). Weights are
     Keras' (gamma, beta), so files and the torchvision conversion are the same.
     """
 
@@ -145,6 +146,12 @@ class LayerNormalization(keras.layers.LayerNormalization):
         axes = sorted(a % len(inputs.shape) for a in axes)
         if axes == [len(inputs.shape) - 1] or self.rms_scaling:
             return super().call(inputs)
+        if axes == [1] and not self.rms_scaling:
+            fused = backend.channels_first_layer_norm(
+                inputs, self.gamma if self.scale else None, self.beta if self.center else None,
+                self.epsilon)
+            if fused is not None:
+                return fused
         x = ops.cast(inputs, "float32") if inputs.dtype in ("float16", "bfloat16") else inputs
         mean = ops.mean(x, axis=axes, keepdims=True)
         centered = x - mean
