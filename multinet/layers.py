@@ -81,14 +81,29 @@ class Conv2D(keras.layers.Conv2D):
                      and not backend.channels_first_conv_supported())
         data_format = backend.CHANNELS_LAST if nhwc_only else self.data_format
         x = ops.transpose(inputs, (0, 2, 3, 1)) if nhwc_only else inputs
-        x = ops.conv(
-            x,
-            self.kernel,
-            strides=list(self.strides),
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=data_format,
-        )
+        if self.groups > 1 and self.groups == self.filters and self.kernel.shape[2] == 1:
+            # One input channel per group: a depthwise convolution, whose
+            # kernel (kh, kw, channels, 1) is this one reshaped. TensorFlow has
+            # native depthwise kernels but runs grouped ones through XLA,
+            # compiled anew for every input shape.
+            kernel_h, kernel_w = self.kernel_size
+            x = ops.depthwise_conv(
+                x,
+                ops.reshape(self.kernel, (kernel_h, kernel_w, self.filters, 1)),
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=data_format,
+            )
+        else:
+            x = ops.conv(
+                x,
+                self.kernel,
+                strides=list(self.strides),
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=data_format,
+            )
         if self.use_bias:
             x = backend.bias_add(x, self.bias, data_format)
         if self.activation is not None:

@@ -465,3 +465,36 @@ def test_nested_groups_of_a_legacy_file():
                          ("renamed", ["old/kernel:0", "old/bias:0"]),
                          ("keras1", ["keras1_W", "keras1_b"])):
         assert [name for name, _ in nested_layers(layer, names, arrays[:2])] == [layer]
+
+
+@pytest.mark.parametrize("data_format", FORMATS)
+def test_grouped_conv2d_with_one_channel_per_group(data_format, rng):
+    """``multinet.layers.Conv2D(groups=channels)`` (keras' ConvNeXt depthwise
+    layer, kernel (kh, kw, 1, channels)) runs as a depthwise convolution:
+    against numpy, 'same' and strided 'valid'; other groupings stay grouped."""
+    x = rng.standard_normal((2, 7, 6, 4)).astype("float32")  # NHWC
+    kernel = rng.standard_normal((3, 3, 1, 4)).astype("float32")
+    bias = rng.standard_normal(4).astype("float32")
+    for padding, stride in (("same", 1), ("valid", 2)):
+        conv = layers.Conv2D(4, 3, strides=stride, padding=padding, groups=4,
+                             data_format=data_format)
+        conv.build(in_format(x, data_format).shape)
+        conv.set_weights([kernel, bias])
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if padding == "same" else x
+        rows = (padded.shape[1] - 3) // stride + 1
+        cols = (padded.shape[2] - 3) // stride + 1
+        want = np.zeros((2, rows, cols, 4), np.float64)
+        for i in range(rows):
+            for j in range(cols):
+                window = padded[:, i * stride:i * stride + 3, j * stride:j * stride + 3, :]
+                want[:, i, j] = (window * kernel[:, :, 0]).sum(axis=(1, 2)) + bias
+        got = keras.ops.convert_to_numpy(conv(in_format(x, data_format)))
+        np.testing.assert_allclose(got, in_format(want, data_format), rtol=1e-5, atol=1e-5)
+    pairs = layers.Conv2D(4, 1, groups=2, use_bias=False, data_format=data_format)
+    pairs.build(in_format(x, data_format).shape)
+    pair_kernel = rng.standard_normal((1, 1, 2, 4)).astype("float32")
+    pairs.set_weights([pair_kernel])
+    want = np.concatenate([x[..., :2] @ pair_kernel[0, 0, :, :2],
+                           x[..., 2:] @ pair_kernel[0, 0, :, 2:]], axis=-1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pairs(in_format(x, data_format))),
+                               in_format(want, data_format), rtol=1e-5, atol=1e-5)
