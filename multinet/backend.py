@@ -353,6 +353,29 @@ def bias_add(x, bias, data_format: str):
     return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
 
 
+def channels_first_layer_norm(inputs, gamma, beta, epsilon: float):
+    """LayerNorm over axis 1 of a 4D channels_first batch in one kernel where
+    the backend has one; None elsewhere.
+
+    PyTorch only: ``torch.nn.functional.layer_norm`` over the last axis of the
+    batch viewed as NHWC (``permute``, a view: no copy where the batch is
+    stored channels_last in memory, as ``fused_conv2d`` leaves it), viewed
+    back as NCHW. The other backends compile the ``keras.ops`` version into
+    fused kernels, so they return None and the caller takes that path.
+    """
+    if name() != "torch" or len(inputs.shape) != 4:
+        return None
+    import torch.nn.functional as F
+
+    x = keras.ops.convert_to_tensor(inputs)
+    weight = None if gamma is None else keras.ops.convert_to_tensor(gamma)
+    bias = None if beta is None else keras.ops.convert_to_tensor(beta)
+    if any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
+        return None
+    out = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, epsilon)
+    return out.permute(0, 3, 1, 2)
+
+
 def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_format,
                  groups=1, activation=None):
     """One-call 2D convolution, bias and ReLU where the backend has one; None elsewhere.

@@ -81,14 +81,29 @@ class Conv2D(keras.layers.Conv2D):
                      and not backend.channels_first_conv_supported())
         data_format = backend.CHANNELS_LAST if nhwc_only else self.data_format
         x = ops.transpose(inputs, (0, 2, 3, 1)) if nhwc_only else inputs
-        x = ops.conv(
-            x,
-            self.kernel,
-            strides=list(self.strides),
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=data_format,
-        )
+        if self.groups > 1 and self.groups == self.filters and self.kernel.shape[2] == 1:
+            # One input channel per group: a depthwise convolution, whose
+            # kernel (kh, kw, channels, 1) is this one reshaped. TensorFlow has
+            # native depthwise kernels but runs grouped ones through XLA,
+            # compiled anew for every input shape.
+            kernel_h, kernel_w = self.kernel_size
+            x = ops.depthwise_conv(
+                x,
+                ops.reshape(self.kernel, (kernel_h, kernel_w, self.filters, 1)),
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=data_format,
+            )
+        else:
+            x = ops.conv(
+                x,
+                self.kernel,
+                strides=list(self.strides),
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=data_format,
+            )
         if self.use_bias:
             x = backend.bias_add(x, self.bias, data_format)
         if self.activation is not None:
@@ -125,6 +140,142 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             x = self.activation(x)
         return ops.transpose(x, (0, 3, 1, 2)) if nhwc_only else x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerNormalization(keras.layers.LayerNormalization):
+    """``keras.layers.LayerNormalization`` that also normalizes over a single
+    axis other than the last, e.g. the channels of a channels_first batch
+    (``axis=1``), on every backend: Keras' PyTorch path hands any one axis to
+    ``torch.nn.functional.layer_norm``, which normalizes trailing axes only.
+
+    Over the last axis it is Keras' layer; otherwise the mean and the
+    (two-pass) variance are taken over ``axis`` with ``keras.ops``, and gamma
+    and beta broadcast along it: no transpose of the batch (PyTorch: one
+    ``layer_norm`` kernel on an NHWC view, ``backend.channels_first_layer_norm``). Weights are
+    Keras' (gamma, beta), so files and the torchvision conversion are the same.
+    """
+
+    def call(self, inputs):
+        axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
+        axes = sorted(a % len(inputs.shape) for a in axes)
+        if axes == [len(inputs.shape) - 1] or self.rms_scaling:
+            return super().call(inputs)
+        if axes == [1] and not self.rms_scaling:
+            fused = backend.channels_first_layer_norm(
+                inputs, self.gamma if self.scale else None, self.beta if self.center else None,
+                self.epsilon)
+            if fused is not None:
+                return fused
+        x = ops.cast(inputs, "float32") if inputs.dtype in ("float16", "bfloat16") else inputs
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        centered = x - mean
+        variance = ops.mean(ops.square(centered), axis=axes, keepdims=True)
+        x = centered * ops.rsqrt(variance + self.epsilon)
+        shape = [1] * len(inputs.shape)
+        for axis in axes:
+            shape[axis] = inputs.shape[axis]
+        if self.scale:
+            x = x * ops.reshape(ops.cast(self.gamma, x.dtype), shape)
+        if self.center:
+            x = x + ops.reshape(ops.cast(self.beta, x.dtype), shape)
+        return ops.cast(x, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelDense(keras.layers.Dense):
+    """``keras.layers.Dense`` over the channel axis of an image batch, in
+    either data format: a 1x1 convolution whose kernel is kept as a Dense
+    kernel, (in, out), as keras.applications' ConvNeXt stores its pointwise
+    convolutions (``Dense`` on channels_last data).
+
+    channels_last is ``Dense`` itself; channels_first contracts axis 1, so the
+    batch is never transposed. Weights are the same in both formats, and a
+    torchvision ``Linear`` converts as for any Dense layer.
+    """
+
+    def __init__(self, units, data_format=None, **kwargs):
+        super().__init__(units, **kwargs)
+        self.data_format = standardize_data_format(data_format)
+
+    def _channels_first(self, shape) -> bool:
+        return self.data_format == backend.CHANNELS_FIRST and len(shape) > 2
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if not self._channels_first(shape):
+            return super().build(input_shape)
+        super().build((shape[0], *shape[2:], shape[1]))
+        self.input_spec = keras.InputSpec(min_ndim=3, axes={1: shape[1]})
+
+    def call(self, inputs, training=None):
+        if not self._channels_first(inputs.shape):
+            return super().call(inputs, training=training)
+        spatial = "hwd"[:len(inputs.shape) - 2]
+        x = ops.einsum(f"bc{spatial},co->bo{spatial}", inputs, self.kernel)
+        if self.use_bias:
+            shape = (1, -1) + (1,) * (len(inputs.shape) - 2)
+            x = ops.add(x, ops.reshape(ops.cast(self.bias, x.dtype), shape))
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        shape[1 if self._channels_first(shape) else -1] = self.units
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["data_format"] = self.data_format
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LayerScale(keras.layers.Layer):
+    """Per-channel scale ``x * gamma`` (Touvron et al., 2021), over the channel
+    axis ``axis`` (-1 or 1): keras.applications' ConvNeXt ``LayerScale``
+    (one weight ``gamma``, (channels,)), torchvision's ``layer_scale``
+    parameter, (channels, 1, 1), converted by ``from_torchvision``."""
+
+    def __init__(self, init_values=1e-6, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        self.init_values = float(init_values)
+        self.axis = int(axis)
+
+    def build(self, input_shape):
+        channels = input_shape[self.axis]
+        if channels is None:
+            raise ValueError(f"{self.name}: the channel axis {self.axis} must be known, "
+                             f"got input shape {tuple(input_shape)}")
+        self.gamma = self.add_weight(
+            name="gamma", shape=(int(channels),),
+            initializer=keras.initializers.Constant(self.init_values), trainable=True)
+
+    def call(self, inputs):
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = -1
+        return inputs * ops.reshape(ops.cast(self.gamma, inputs.dtype), shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def from_torchvision(self, params):
+        """torchvision's (channels, 1, 1) ``layer_scale`` as ``[gamma]``."""
+        if set(params) != {"layer_scale"}:
+            raise ValueError(f"expected a layer_scale for a LayerScale, got "
+                             f"{', '.join(sorted(params)) or 'nothing'}")
+        value = params["layer_scale"]
+        channels = int(self.gamma.shape[0])
+        if value.size != channels or any(d != 1 for d in value.shape[1:]):
+            raise ValueError(f"layer_scale of shape {tuple(value.shape)} for a LayerScale of "
+                             f"{channels} channels (expected ({channels}, 1, 1))")
+        return [value.reshape(channels)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(init_values=self.init_values, axis=self.axis)
+        return config
 
 
 def pool_output_size(size, pool, stride, ceil_mode):

@@ -26,7 +26,24 @@ from multinet import backend
 #   small: a small input size for quick forward passes, where ceil and floor
 #          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67)
 #   top_at_small: whether include_top=True builds at that size (VGG's top needs 224)
+#   forward: False where the loops below check structure only (no variable
+#            initialized, nothing run): the ConvNeXts, 28-198M parameters each;
+#            tests/test_convnext.py runs convnext_tiny in both compute formats
+#            against torchvision and tf-keras at full depth, pooled features
+#            included, and the larger ones are its code with more blocks
 MODEL_FACTS = {
+    "convnext_base": dict(params=88_591_464, params_notop=87_566_464,
+                          features={224: (7, 7, 1024), 32: (1, 1, 1024)},
+                          small=32, top_at_small=True, forward=False),
+    "convnext_large": dict(params=197_767_336, params_notop=196_230_336,
+                           features={224: (7, 7, 1536), 32: (1, 1, 1536)},
+                           small=32, top_at_small=True, forward=False),
+    "convnext_small": dict(params=50_223_688, params_notop=49_454_688,
+                           features={224: (7, 7, 768), 32: (1, 1, 768)},
+                           small=32, top_at_small=True, forward=False),
+    "convnext_tiny": dict(params=28_589_128, params_notop=27_820_128,
+                          features={224: (7, 7, 768), 121: (3, 3, 768), 32: (1, 1, 768)},
+                          small=32, top_at_small=True, forward=False),
     "mobilenet_v2": dict(params=3_504_872, params_total=3_538_984, params_notop=2_257_984,
                          features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
                          small=64, top_at_small=True),
@@ -100,6 +117,13 @@ def structure(name, **kwargs):
         return multinet.create_model(name, **kwargs)
 
 
+def structure_only(only: bool):
+    """A scope in which models are built for their structure only, or a no-op."""
+    import contextlib
+
+    return keras.StatelessScope(initialize_variables=False) if only else contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_counts(name, data_format):
     facts = MODEL_FACTS[name]
@@ -120,6 +144,8 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
         shape = in_format((size, size, 3), data_format)
         model = structure(name, include_top=False, input_shape=shape, data_format=data_format)
         assert model.output_shape == (None, *in_format(hwc, data_format)), size
+    if name not in FORWARD:
+        return
     # pooling="avg"/"max" is the spatial mean/max of the unpooled features
     # (the same weights), whatever format the model computes in.
     size = facts["small"]
@@ -190,6 +216,16 @@ def test_compute_formats_agree(name, data_format, tmp_path, rng):
     size = MODEL_FACTS[name]["small"]
     x = distinct_images(rng, size, data_format)
     shape = x.shape[1:]
+    if name not in FORWARD:  # structure only: both compute formats, the same shapes
+        with keras.StatelessScope(initialize_variables=False):
+            built = [multinet.create_model(name, include_top=False, input_shape=shape,
+                                           data_format=data_format, compute_format=fmt)
+                     for fmt in COMPUTE_FORMATS]
+        assert [layer_formats(m) for m in built] == [{f} for f in COMPUTE_FORMATS]
+        assert built[0].output_shape == built[1].output_shape
+        assert ([tuple(w.shape) for w in built[0].weights]
+                == [tuple(w.shape) for w in built[1].weights])
+        return
     last, first = twins(name, data_format, tmp_path, include_top=False, input_shape=shape)
     assert last.output_shape == first.output_shape
     assert_same_outputs(last, first, x)
@@ -235,8 +271,10 @@ def test_min_sizes_build_and_run():
     for name in MODELS:
         spec = multinet.get_model_spec(name)
         size = spec.min_size
-        model = multinet.create_model(name, include_top=False, input_shape=(size, size, 3),
-                                      data_format="channels_last")
+        with structure_only(name not in FORWARD):
+            model = multinet.create_model(name, include_top=False,
+                                          input_shape=(size, size, 3),
+                                          data_format="channels_last")
         assert model.output_shape[1:3] == (1, 1), name
         if name in FORWARD:
             out = model.predict(np.zeros((1, size, size, 3), "float32"), verbose=0)
@@ -245,7 +283,7 @@ def test_min_sizes_build_and_run():
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
                                   data_format="channels_last")
     assert [multinet.get_model_spec(n).min_size for n in MODELS] == [
-        32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32]
+        32, 32, 32, 32, 32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32]
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,7 @@ def build_model(
     has_weights: bool,
     name: str | None,
     options: dict | None = None,
+    notop_head: Callable | None = None,
 ) -> keras.Model:
     """Assemble a functional model from a family's ``features`` and ``classifier``.
 
@@ -144,7 +145,10 @@ def build_model(
     ``backend.preferred_compute_format``); the model takes and returns data in
     ``data_format``. ``options`` are the family's architecture options
     (``ceil_mode``...), recorded with the registry name in the model's
-    ``ModelInfo`` layer (see ``multinet.model_info``).
+    ``ModelInfo`` layer (see ``multinet.model_info``). ``notop_head(x, fmt)``,
+    where given, follows the pooling (or the features, ``pooling=None``) of a
+    model built with ``include_top=False``: keras.applications' ConvNeXt
+    normalizes its features there.
     """
     data_format = standardize_data_format(data_format)
     compute_format = resolve_compute_format(compute_format)
@@ -173,12 +177,16 @@ def build_model(
     x = features(x, compute_format)
     if include_top:
         x = classifier(x, compute_format, classes, classifier_activation)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(data_format=compute_format, name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(data_format=compute_format, name="max_pool")(x)
     else:
-        x = to_data_format(x, compute_format, data_format, name="to_" + data_format)
+        if pooling == "avg":
+            x = keras.layers.GlobalAveragePooling2D(data_format=compute_format,
+                                                    name="avg_pool")(x)
+        elif pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(data_format=compute_format, name="max_pool")(x)
+        if notop_head is not None:
+            x = notop_head(x, compute_format)
+        if pooling is None:
+            x = to_data_format(x, compute_format, data_format, name="to_" + data_format)
     info = {"model": model_name, "options": dict(options or {}), "weights": None}
     x = ModelInfo(info, name=INFO_LAYER)(x)
     return keras.Model(model_inputs, x, name=name or model_name)

@@ -125,6 +125,24 @@ def keras_layer_name(name: str) -> str:
     return name.replace("/", "_")
 
 
+def nested_layers(layer_name: str, weight_names, arrays) -> list:
+    """``[(layer, arrays), ...]`` of one group of a legacy file: the group's
+    own layer, or, for a model nested in the saved one (a tf.keras
+    ``Sequential`` inside a functional model, as keras.applications' ConvNeXt
+    stem), the inner layers whose weights the group holds, named
+    ``<inner layer>/<variable>``, in the file's order. A group is a nested
+    model's when its weights come from two or more layers, none of them the
+    group's own name or a scope under it."""
+    prefixes = [str(w).rsplit("/", 1)[0] if "/" in str(w) else None for w in weight_names]
+    own = [p is None or p == layer_name or p.startswith(layer_name + "/") for p in prefixes]
+    if any(own) or len(set(prefixes)) < 2:
+        return [(layer_name, list(arrays))]
+    groups: dict[str, list] = {}
+    for prefix, array in zip(prefixes, arrays):
+        groups.setdefault(prefix, []).append(array)
+    return list(groups.items())
+
+
 def read_legacy(root) -> SourceWeights:
     import h5py
 
@@ -155,11 +173,12 @@ def read_legacy(root) -> SourceWeights:
             if dataset is None:
                 raise ValueError(f"{where} lists weight {weight_name!r}, which is not in the file")
             arrays.append(_read_tensor(dataset, f"{where}, weight {weight_name!r}"))
-        name = keras_layer_name(layer_name)
-        if name in tensors:
-            raise ValueError(f"layer {name!r} appears twice in the file")
-        tensors[name] = arrays
-        labels[name] = layer_name
+        for inner, inner_arrays in nested_layers(layer_name, weight_names, arrays):
+            name = keras_layer_name(inner)
+            if name in tensors:
+                raise ValueError(f"layer {name!r} appears twice in the file")
+            tensors[name] = inner_arrays
+            labels[name] = layer_name if inner == layer_name else f"{layer_name}/{inner}"
     # The input mode these weights expect is the family's to say.
     return SourceWeights("keras_legacy_h5", tensors, labels)
 
