@@ -136,6 +136,7 @@ def build_model(
     has_weights: bool,
     name: str | None,
     options: dict | None = None,
+    pool: Callable | None = None,
 ) -> keras.Model:
     """Assemble a functional model from a family's ``features`` and ``classifier``.
 
@@ -144,7 +145,10 @@ def build_model(
     ``backend.preferred_compute_format``); the model takes and returns data in
     ``data_format``. ``options`` are the family's architecture options
     (``ceil_mode``...), recorded with the registry name in the model's
-    ``ModelInfo`` layer (see ``multinet.model_info``).
+    ``ModelInfo`` layer (see ``multinet.model_info``). ``pool(x, fmt,
+    pooling)``, where given, makes the ``include_top=False`` output of a
+    family whose features are not a spatial map (a transformer's tokens);
+    otherwise ``pooling`` pools the map globally or the map is returned.
     """
     data_format = standardize_data_format(data_format)
     compute_format = resolve_compute_format(compute_format)
@@ -173,6 +177,8 @@ def build_model(
     x = features(x, compute_format)
     if include_top:
         x = classifier(x, compute_format, classes, classifier_activation)
+    elif pool is not None:
+        x = pool(x, compute_format, pooling)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(data_format=compute_format, name="avg_pool")(x)
     elif pooling == "max":
