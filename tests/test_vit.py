@@ -188,7 +188,7 @@ def test_include_top_false_skips_only_the_head(notop, tokens_small):
     loads, and the output is the class token after the final LayerNorm."""
     model, report = notop
     assert model.output_shape == (None, WIDTH)
-    assert list(report.skipped) == ["head (file: heads.head)"]
+    assert list(report.skipped) == ["heads_head (file: heads.head)"]
     assert sorted(report.loaded) == _weighted(model)
     assert report.num_values == model.count_params() == PARAMS_NOTOP - (197 - 50) * WIDTH
     x, tokens = tokens_small

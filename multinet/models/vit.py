@@ -5,15 +5,16 @@ grid flattened row by row (height, then width) in either data format, a
 learned class token put in front, a learned position embedding added, twelve
 pre-norm encoder blocks (LayerNorm, 12-head self-attention, residual;
 LayerNorm, MLP 768 -> 3072 -> 768 with exact GELU, residual), a final
-LayerNorm, and the ``head`` Linear layer on the class token. LayerNorm
+LayerNorm, and the head's Linear layer on the class token. LayerNorm
 epsilon 1e-6 everywhere; dropout (0 in torchvision's model) is left out.
 
-Layer names follow torchvision's modules with '_' for '.' (``conv_proj``,
+Layer names follow torchvision's modules with '_' for '.', the blocks'
+``encoder.layers.`` prefix left out (``conv_proj``,
 ``class_token``, ``encoder_pos_embedding``, ``encoder_layer_0_ln_1``,
 ``encoder_layer_0_self_attention`` with q, k and v in one kernel as
 torchvision's ``in_proj_weight``, ``encoder_layer_0_self_attention_out_proj``,
-``encoder_layer_0_mlp_0``, ``encoder_layer_0_mlp_3``, ``encoder_ln``), save
-the classifier, ``head`` (torchvision's ``heads.head``).
+``encoder_layer_0_mlp_0``, ``encoder_layer_0_mlp_3``, ``encoder_ln``,
+``heads_head``).
 
 Input sizes: any height and width that are multiples of 16 (the position
 embedding has one entry per patch, so the size is fixed when the model is
@@ -245,7 +246,7 @@ def _features(x, fmt, model_name):
 
 def _classifier(x, fmt, classes, activation):
     x = TokenPooling("token", name="class_token_output")(x)
-    return keras.layers.Dense(classes, activation=activation, name="head")(x)
+    return keras.layers.Dense(classes, activation=activation, name="heads_head")(x)
 
 
 def _pool(x, fmt, pooling):
@@ -294,7 +295,7 @@ def torchvision_names(model_name: str, options) -> dict[str, str]:
     Linear layers ``mlp.linear_1`` and ``mlp.linear_2``; both load."""
     depth = CONFIGS[model_name][1]
     names = {"": "class_token", "conv_proj": "conv_proj", "encoder": "encoder_pos_embedding",
-             "encoder.ln": "encoder_ln", "heads.head": "head"}
+             "encoder.ln": "encoder_ln", "heads.head": "heads_head"}
     for index in range(depth):
         module, layer = f"encoder.layers.encoder_layer_{index}.", f"encoder_layer_{index}_"
         for part in ("ln_1", "self_attention", "self_attention.out_proj", "ln_2", "mlp.0",
@@ -307,7 +308,7 @@ def torchvision_names(model_name: str, options) -> dict[str, str]:
 
 FAMILY = Family(
     name="vit",
-    head_layers=("head",),
+    head_layers=("heads_head",),
     torchvision_names=torchvision_names,
     preprocessing={"torchvision": "torch"},
     description="Vision Transformer ViT-B/16 (torchvision)",
