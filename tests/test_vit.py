@@ -196,23 +196,25 @@ def test_include_top_false_skips_only_the_head(notop, tokens_small):
 
 
 def test_pooling_reduces_the_patch_tokens(notop, tokens_small):
-    """``pooling="avg"``: the mean over the patch tokens after the final
-    LayerNorm, the class token left out (``"max"``: their maximum, by the
-    same layer, see test_keras_archive_keeps_the_family_layers)."""
+    """``pooling="avg"``/``"max"`` end the model in a ``TokenPooling`` of that
+    mode in place of the class token's: the mean/maximum over the patch tokens
+    after the final LayerNorm, the class token left out."""
+    model, _ = notop
     x, tokens = tokens_small
-    model = multinet.create_model(MODEL, include_top=False, pooling="avg",
-                                  input_shape=(3, 112, 112), data_format="channels_first",
-                                  compute_format="channels_first")
-    model.set_weights(notop[0].get_weights())
-    got = run(model, x)
-    assert got.shape == (2, WIDTH)
-    assert rel_error(got, tokens[:, 1:].mean(axis=1)) < 1e-5
-    assert rel_error(got, tokens.mean(axis=1)) > 1e-3  # not with the class token
-    with keras.StatelessScope(initialize_variables=False):
-        pooled = multinet.create_model(MODEL, include_top=False, pooling="max",
-                                       data_format="channels_last")
-    assert pooled.get_layer("pool").mode == "max"
-    assert pooled.output_shape == (None, WIDTH)
+    for pooling, reduce in (("avg", np.mean), ("max", np.max)):
+        with keras.StatelessScope(initialize_variables=False):
+            built = multinet.create_model(MODEL, include_top=False, pooling=pooling,
+                                          input_shape=(3, 112, 112),
+                                          data_format="channels_first")
+        last = built.get_layer("pool")
+        assert (last.mode, built.output_shape) == (pooling, (None, WIDTH))
+        assert last.input is built.get_layer("encoder_ln").output
+        pooled = keras.Model(model.input,
+                             vit.TokenPooling(pooling)(model.get_layer("encoder_ln").output))
+        got = run(pooled, x)
+        assert rel_error(got, reduce(tokens[:, 1:], axis=1)) < 1e-5, pooling
+        assert rel_error(got, reduce(tokens, axis=1)) > 1e-3, pooling  # not the class token
+    assert model.get_layer("pool").mode == "token"
 
 
 def test_checkpoints_with_the_old_mlp_names_load(notop):
