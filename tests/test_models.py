@@ -31,6 +31,8 @@ from multinet import backend
 #            tests/test_convnext.py runs convnext_tiny in both compute formats
 #            against torchvision and tf-keras at full depth, pooled features
 #            included, and the larger ones are its code with more blocks
+#   tokens: a transformer: include_top=False gives a vector per image (the class
+#           token, see tests/test_vit.py for its pooling), not a feature map
 MODEL_FACTS = {
     "convnext_base": dict(params=88_591_464, params_notop=87_566_464,
                           features={224: (7, 7, 1024), 32: (1, 1, 1024)},
@@ -86,6 +88,11 @@ MODEL_FACTS = {
     "vgg19": dict(params=143_667_240, params_notop=20_024_384,
                   features={224: (7, 7, 512), 64: (2, 2, 512)}, small=64,
                   top_at_small=False),
+    # 86M parameters whatever the size: the smallest grid that still tells a
+    # row-major patch order from a column-major one (2x2) keeps it cheap.
+    "vit_b_16": dict(params=86_567_656, params_notop=85_798_656,
+                     features={224: (768,), 112: (768,), 32: (768,)}, small=32,
+                     top_at_small=True, tokens=True),
 }
 MODELS = multinet.list_models()
 FORWARD = [name for name in MODELS if MODEL_FACTS[name].get("forward", True)]
@@ -100,6 +107,8 @@ pytestmark = pytest.mark.usefixtures("numpy_initial_weights")
 
 
 def in_format(hwc, data_format):
+    if len(hwc) == 1:  # a vector per image
+        return hwc
     h, w, c = hwc
     return (h, w, c) if data_format == "channels_last" else (c, h, w)
 
@@ -144,7 +153,7 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
         shape = in_format((size, size, 3), data_format)
         model = structure(name, include_top=False, input_shape=shape, data_format=data_format)
         assert model.output_shape == (None, *in_format(hwc, data_format)), size
-    if name not in FORWARD:
+    if name not in FORWARD or facts.get("tokens"):  # tokens: tests/test_vit.py pools
         return
     # pooling="avg"/"max" is the spatial mean/max of the unpooled features
     # (the same weights), whatever format the model computes in.
@@ -226,15 +235,19 @@ def test_compute_formats_agree(name, data_format, tmp_path, rng):
         assert ([tuple(w.shape) for w in built[0].weights]
                 == [tuple(w.shape) for w in built[1].weights])
         return
-    last, first = twins(name, data_format, tmp_path, include_top=False, input_shape=shape)
-    assert last.output_shape == first.output_shape
-    assert_same_outputs(last, first, x)
+    # A transformer's include_top=False output is the class token that its
+    # top reads: the top's twins below cover it.
+    if not MODEL_FACTS[name].get("tokens"):
+        last, first = twins(name, data_format, tmp_path, include_top=False, input_shape=shape)
+        assert last.output_shape == first.output_shape
+        assert_same_outputs(last, first, x)
     if not MODEL_FACTS[name]["top_at_small"]:  # see test_vgg_top_compute_formats_agree
         with pytest.raises(ValueError, match="include_top=True needs"):
             multinet.create_model(name, input_shape=shape, data_format=data_format)
         return
+    # ViT's 344 MB of weights go across by set_weights (its layers' files: test_vit.py).
     last, first = twins(name, data_format, tmp_path, input_shape=shape, classes=10,
-                        classifier_activation=None)
+                        classifier_activation=None, via_file=not MODEL_FACTS[name].get("tokens"))
     assert_same_outputs(last, first, x)
 
 
@@ -275,15 +288,16 @@ def test_min_sizes_build_and_run():
             model = multinet.create_model(name, include_top=False,
                                           input_shape=(size, size, 3),
                                           data_format="channels_last")
-        assert model.output_shape[1:3] == (1, 1), name
+        spatial = (1, 1) if not MODEL_FACTS[name].get("tokens") else (768,)
+        assert model.output_shape[1:3] == spatial, name
         if name in FORWARD:
             out = model.predict(np.zeros((1, size, size, 3), "float32"), verbose=0)
-            assert out.shape[1:3] == (1, 1), name
+            assert out.shape[1:3] == spatial, name
         with pytest.raises(ValueError, match=f"{name}.*too small.*at least {size}"):
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
                                   data_format="channels_last")
     assert [multinet.get_model_spec(n).min_size for n in MODELS] == [
-        32, 32, 32, 32, 32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32]
+        32, 32, 32, 32, 32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32, 16]
 
 
 @pytest.mark.parametrize(

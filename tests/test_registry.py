@@ -22,7 +22,8 @@ def test_list_models_sorted_with_wildcards():
     assert names == ["convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
                      "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                      "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
-                     "squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19"]
+                     "squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19",
+                     "vit_b_16"]
     assert multinet.list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert multinet.list_models("*1_?") == ["squeezenet1_0", "squeezenet1_1"]
     assert multinet.list_models("resnet?0*") == ["resnet101", "resnet50"]

@@ -5,6 +5,7 @@ from multinet.models.mobilenet import MobileNetV2, MobileNetV3Large, MobileNetV3
 from multinet.models.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
 from multinet.models.squeezenet import SqueezeNet, SqueezeNet1_0, SqueezeNet1_1, fire_module
 from multinet.models.vgg import VGG11, VGG13, VGG16, VGG19
+from multinet.models.vit import ViTB16
 
 __all__ = [
     "ConvNeXtTiny",
@@ -27,4 +28,5 @@ __all__ = [
     "SqueezeNet1_0",
     "SqueezeNet1_1",
     "fire_module",
+    "ViTB16",
 ]

@@ -137,6 +137,7 @@ def build_model(
     name: str | None,
     options: dict | None = None,
     notop_head: Callable | None = None,
+    pool: Callable | None = None,
 ) -> keras.Model:
     """Assemble a functional model from a family's ``features`` and ``classifier``.
 
@@ -148,7 +149,10 @@ def build_model(
     ``ModelInfo`` layer (see ``multinet.model_info``). ``notop_head(x, fmt)``,
     where given, follows the pooling (or the features, ``pooling=None``) of a
     model built with ``include_top=False``: keras.applications' ConvNeXt
-    normalizes its features there.
+    normalizes its features there. ``pool(x, fmt, pooling)``, where given,
+    makes the ``include_top=False`` output of a family whose features are not a
+    spatial map (a transformer's tokens); otherwise ``pooling`` pools the map
+    globally or the map is returned.
     """
     data_format = standardize_data_format(data_format)
     compute_format = resolve_compute_format(compute_format)
@@ -177,6 +181,8 @@ def build_model(
     x = features(x, compute_format)
     if include_top:
         x = classifier(x, compute_format, classes, classifier_activation)
+    elif pool is not None:
+        x = pool(x, compute_format, pooling)
     else:
         if pooling == "avg":
             x = keras.layers.GlobalAveragePooling2D(data_format=compute_format,

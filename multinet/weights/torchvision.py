@@ -194,3 +194,36 @@ def read_state_dict(state: Mapping, model) -> SourceWeights:
     preprocessing = family.preprocessing_for("torchvision", info.get("options"))
     return SourceWeights("torchvision", tensors, labels, head=head, preprocessing=preprocessing,
                          problems=problems)
+
+
+def _bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
+    """(size_out, size_in): PyTorch's 1D bicubic interpolation with
+    ``align_corners=True`` as a matrix (cubic convolution, A = -0.75, indices
+    clamped at the borders), as ``torch.nn.functional.interpolate`` computes it."""
+
+    def near(t):  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t):  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    matrix = np.zeros((size_out, size_in), np.float64)
+    for out in range(size_out):
+        real = scale * out
+        index = int(np.floor(real))
+        t = real - index
+        for offset, weight in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            matrix[out, min(max(index + offset, 0), size_in - 1)] += weight
+    return matrix
+
+
+def interpolate_bicubic(grid: np.ndarray, size) -> np.ndarray:
+    """``grid`` (height, width, channels) resized to ``size`` (height, width)
+    as ``torch.nn.functional.interpolate(mode="bicubic", align_corners=True)``
+    does (computed in float64; returned in the grid's dtype)."""
+    height, width = size
+    rows = _bicubic_matrix(grid.shape[0], height)
+    cols = _bicubic_matrix(grid.shape[1], width)
+    out = np.einsum("ih,hwc,jw->ijc", rows, grid.astype(np.float64), cols)
+    return out.astype(grid.dtype)
