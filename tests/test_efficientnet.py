@@ -220,9 +220,10 @@ def test_imagenet_path_corrects_the_stored_variance(source_files, tmp_path, monk
     assert rel_error(forward(uncorrected, x), expected) > 1e-2  # the correction matters
     if reference_runs("keras"):
         import tf_keras
+        from tf_keras.src.applications import efficientnet as tf_keras_efficientnet
 
         applications = ex.tf_keras_applications()
-        monkeypatch.setattr(applications.efficientnet.data_utils, "get_file",
+        monkeypatch.setattr(tf_keras_efficientnet.data_utils, "get_file",
                             lambda *args, **kwargs: path)
         tf_keras.backend.clear_session()
         reference = applications.EfficientNetB0(weights="imagenet", classifier_activation=None)
@@ -272,7 +273,10 @@ def test_parameter_tables_are_the_references():
             checked += 1
     if reference_runs("keras"):
         applications = ex.tf_keras_applications()
+        import tf_keras
+
         for name in ("efficientnet_b0", "efficientnet_b3"):
+            tf_keras.backend.clear_session()  # the published names (normalization)
             reference = getattr(applications, efficientnet.PUBLIC_NAMES[name])(weights=None)
             trainable = sum(int(np.prod(w.shape)) for w in reference.trainable_weights)
             ours = structure(name, data_format="channels_last")
