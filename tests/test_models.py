@@ -24,36 +24,37 @@ from multinet import backend
 #   params_notop: keras count_params() without the classifier
 #   features: {input size: (height, width, channels) of the include_top=False output}
 #   small: a small input size for quick forward passes, where ceil and floor
-#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67)
+#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67); efficientnet_b0 at 199,
+#          the size its reference tests run (on JAX their compiled operations are shared)
 #   top_at_small: whether include_top=True builds at that size (VGG's top needs 224)
 #   size: the default input size, where it is not 224
 #   forward: False for the large EfficientNets, checked by structure only here
 #     (shapes, layer formats): the same layers as efficientnet_b0, which runs
 MODEL_FACTS = {
     "efficientnet_b0": dict(params=5_288_548, params_total=5_330_571, params_notop=4_049_571,
-                    features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
-                    small=64, top_at_small=True),
+                            features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
+                            small=199, top_at_small=True),
     "efficientnet_b1": dict(params=7_794_184, params_total=7_856_239, params_notop=6_575_239,
-                    features={224: (7, 7, 1280), 64: (2, 2, 1280)},
-                    small=64, top_at_small=True, forward=False, size=240),
+                            features={224: (7, 7, 1280)},
+                            small=64, top_at_small=True, forward=False, size=240),
     "efficientnet_b2": dict(params=9_109_994, params_total=9_177_569, params_notop=7_768_569,
-                    features={224: (7, 7, 1408), 64: (2, 2, 1408)},
-                    small=64, top_at_small=True, forward=False, size=260),
+                            features={224: (7, 7, 1408)},
+                            small=64, top_at_small=True, forward=False, size=260),
     "efficientnet_b3": dict(params=12_233_232, params_total=12_320_535, params_notop=10_783_535,
-                    features={224: (7, 7, 1536), 64: (2, 2, 1536)},
-                    small=64, top_at_small=True, forward=False, size=300),
+                            features={224: (7, 7, 1536)},
+                            small=64, top_at_small=True, forward=False, size=300),
     "efficientnet_b4": dict(params=19_341_616, params_total=19_466_823, params_notop=17_673_823,
-                    features={224: (7, 7, 1792), 64: (2, 2, 1792)},
-                    small=64, top_at_small=True, forward=False, size=380),
+                            features={224: (7, 7, 1792)},
+                            small=64, top_at_small=True, forward=False, size=380),
     "efficientnet_b5": dict(params=30_389_784, params_total=30_562_527, params_notop=28_513_527,
-                    features={224: (7, 7, 2048), 64: (2, 2, 2048)},
-                    small=64, top_at_small=True, forward=False, size=456),
+                            features={224: (7, 7, 2048)},
+                            small=64, top_at_small=True, forward=False, size=456),
     "efficientnet_b6": dict(params=43_040_704, params_total=43_265_143, params_notop=40_960_143,
-                    features={224: (7, 7, 2304), 64: (2, 2, 2304)},
-                    small=64, top_at_small=True, forward=False, size=528),
+                            features={224: (7, 7, 2304)},
+                            small=64, top_at_small=True, forward=False, size=528),
     "efficientnet_b7": dict(params=66_347_960, params_total=66_658_687, params_notop=64_097_687,
-                    features={224: (7, 7, 2560), 64: (2, 2, 2560)},
-                    small=64, top_at_small=True, forward=False, size=600),
+                            features={224: (7, 7, 2560)},
+                            small=64, top_at_small=True, forward=False, size=600),
     "mobilenet_v2": dict(params=3_504_872, params_total=3_538_984, params_notop=2_257_984,
                          features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
                          small=64, top_at_small=True),
@@ -221,13 +222,12 @@ def test_compute_formats_agree(name, data_format, tmp_path, rng):
     x = distinct_images(rng, size, data_format)
     shape = x.shape[1:]
     if name not in FORWARD:  # structure only: every layer in each compute format
-        for kwargs in (dict(include_top=False), dict(classes=10)):
-            built = {fmt: structure(name, data_format=data_format, compute_format=fmt,
-                                    input_shape=shape, **kwargs) for fmt in COMPUTE_FORMATS}
-            for fmt, model in built.items():
-                assert layer_formats(model) == {fmt}, (name, fmt)
-            assert built["channels_last"].output_shape == built["channels_first"].output_shape
-            assert built["channels_last"].count_params() == built["channels_first"].count_params()
+        built = {fmt: structure(name, data_format=data_format, compute_format=fmt,
+                                input_shape=shape, classes=10) for fmt in COMPUTE_FORMATS}
+        for fmt, model in built.items():
+            assert layer_formats(model) == {fmt}, (name, fmt)
+        assert built["channels_last"].output_shape == built["channels_first"].output_shape
+        assert built["channels_last"].count_params() == built["channels_first"].count_params()
         return
     last, first = twins(name, data_format, tmp_path, include_top=False, input_shape=shape)
     assert last.output_shape == first.output_shape
@@ -274,8 +274,9 @@ def test_min_sizes_build_and_run():
     for name in MODELS:
         spec = multinet.get_model_spec(name)
         size = spec.min_size
-        model = multinet.create_model(name, include_top=False, input_shape=(size, size, 3),
-                                      data_format="channels_last")
+        build = multinet.create_model if name in FORWARD else structure
+        model = build(name, include_top=False, input_shape=(size, size, 3),
+                      data_format="channels_last")
         assert model.output_shape[1:3] == (1, 1), name
         if name in FORWARD:
             out = model.predict(np.zeros((1, size, size, 3), "float32"), verbose=0)

@@ -19,7 +19,8 @@ PACKAGE = pathlib.Path(multinet.__file__).parent
 def test_list_models_sorted_with_wildcards():
     names = multinet.list_models()
     assert names == sorted(names)
-    assert names == ["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+    assert names == [*(f"efficientnet_b{i}" for i in range(8)),
+                     "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                      "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
                      "squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19"]
     assert multinet.list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]

@@ -393,10 +393,11 @@ for _name, (_width, _depth, _keras_size, _crop, _) in MODELS.items():
 
 def _constructor(model_name):
     public = PUBLIC_NAMES[model_name]
+    keras_name = public.lower()  # keras' default model name, "efficientnetb0"
 
     def constructor(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
                     pooling=None, classes=1000, classifier_activation="softmax",
-                    name=public.lower(), *, data_format=None, **model_kwargs) -> keras.Model:
+                    name=keras_name, *, data_format=None, **model_kwargs) -> keras.Model:
         from multinet.registry import create_model
 
         if weights == "imagenet" and model_kwargs.get("variant") == "torchvision":
