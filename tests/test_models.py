@@ -138,6 +138,8 @@ def test_parameter_counts(name, data_format):
     assert model.output_shape == (None, 1000)
     size = facts.get("size", 224)
     assert model.input_shape == (None, *in_format((size, size, 3), data_format))
+    if name not in FORWARD and data_format == "channels_first":
+        return  # the large EfficientNets: their counts without top in channels_last
     notop = structure(name, include_top=False, data_format=data_format)
     assert notop.count_params() == facts["params_notop"]
 
@@ -222,6 +224,8 @@ def test_compute_formats_agree(name, data_format, tmp_path, rng):
     x = distinct_images(rng, size, data_format)
     shape = x.shape[1:]
     if name not in FORWARD:  # structure only: every layer in each compute format
+        if data_format == "channels_last":
+            return  # the large EfficientNets: channels_first data, both compute formats
         built = {fmt: structure(name, data_format=data_format, compute_format=fmt,
                                 input_shape=shape, classes=10) for fmt in COMPUTE_FORMATS}
         for fmt, model in built.items():
