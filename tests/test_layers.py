@@ -241,8 +241,8 @@ def test_max_pooling_serialization_round_trip_keeps_ceil_mode(rng):
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_normalization_reads_its_variables_at_every_call(data_format, rng):
     """Values assigned to the mean/variance variables after the build are the
-    ones used (Keras' own layer keeps the values it had when built), along the
-    channel axis of either format; and it survives a .keras round trip."""
+    ones used (Keras' own layer keeps the values it had when built, on JAX and
+    TensorFlow), along the channel axis of either format."""
     axis = -1 if data_format == "channels_last" else 1
     shape = (5, 6, 3) if data_format == "channels_last" else (3, 5, 6)
     inputs = keras.Input(shape)
@@ -257,11 +257,6 @@ def test_normalization_reads_its_variables_at_every_call(data_format, rng):
     expected = (x - mean.reshape(bshape)) / np.sqrt(variance).reshape(bshape)
     got = keras.ops.convert_to_numpy(model(x))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-    stock = keras.layers.Normalization(axis=axis)
-    stock.build((None, *shape))
-    stock.adapt_mean.assign(mean)
-    stock.adapt_variance.assign(variance)
-    assert rel_error(keras.ops.convert_to_numpy(stock(x)), expected) > 0.1  # the snapshot
 
 
 def test_normalization_serialization_round_trip(tmp_path, rng):
