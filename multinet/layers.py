@@ -278,6 +278,30 @@ class LayerScale(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Normalization(keras.layers.Normalization):
+    """``keras.layers.Normalization`` that reads its mean and variance
+    variables at every call.
+
+    Keras' own layer takes a snapshot of them when it is built or loads a
+    file through Keras, so values assigned to its variables later (as
+    ``multinet.load_weights`` does) would not be used. Without a fixed
+    ``mean``/``variance`` the output is ``(x - mean) / max(sqrt(variance),
+    epsilon)`` along ``axis``, as Keras computes it.
+    """
+
+    def call(self, inputs):
+        if self.input_mean is not None:
+            return super().call(inputs)
+        dtype = self.compute_dtype
+        mean = ops.cast(ops.reshape(self.adapt_mean, self._broadcast_shape), dtype)
+        variance = ops.cast(ops.reshape(self.adapt_variance, self._broadcast_shape), dtype)
+        inputs = ops.cast(inputs, dtype)
+        if self.invert:
+            return mean + inputs * ops.maximum(ops.sqrt(variance), keras.config.epsilon())
+        return (inputs - mean) / ops.maximum(ops.sqrt(variance), keras.config.epsilon())
+
+
 def pool_output_size(size, pool, stride, ceil_mode):
     if size is None:
         return None

@@ -236,3 +236,38 @@ def test_max_pooling_serialization_round_trip_keeps_ceil_mode(rng):
     expected = _apply(layer, x)
     assert expected.shape == (1, 4, 4, 2)  # floor pooling would give 3x3
     np.testing.assert_array_equal(_apply(restored, x), expected)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_normalization_reads_its_variables_at_every_call(data_format, rng):
+    """Values assigned to the mean/variance variables after the build are the
+    ones used (Keras' own layer keeps the values it had when built, on JAX and
+    TensorFlow), along the channel axis of either format."""
+    axis = -1 if data_format == "channels_last" else 1
+    shape = (5, 6, 3) if data_format == "channels_last" else (3, 5, 6)
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, layers.Normalization(axis=axis, name="norm")(inputs))
+    mean = np.array([0.5, -1.0, 2.0], "float32")
+    variance = np.array([4.0, 0.25, 9.0], "float32")
+    layer = model.get_layer("norm")
+    layer.adapt_mean.assign(mean)
+    layer.adapt_variance.assign(variance)
+    x = rng.normal(size=(2, *shape)).astype("float32")
+    bshape = (1, 1, 1, 3) if data_format == "channels_last" else (1, 3, 1, 1)
+    expected = (x - mean.reshape(bshape)) / np.sqrt(variance).reshape(bshape)
+    got = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_normalization_serialization_round_trip(tmp_path, rng):
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, layers.Normalization(axis=-1, name="norm")(inputs))
+    model.get_layer("norm").adapt_mean.assign(np.array([1.0, 2.0, 3.0], "float32"))
+    model.get_layer("norm").adapt_variance.assign(np.array([1.0, 4.0, 16.0], "float32"))
+    x = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    path = tmp_path / "norm.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("norm"), layers.Normalization)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-6)

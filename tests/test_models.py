@@ -24,10 +24,13 @@ from multinet import backend
 #   params_notop: keras count_params() without the classifier
 #   features: {input size: (height, width, channels) of the include_top=False output}
 #   small: a small input size for quick forward passes, where ceil and floor
-#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67)
+#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67); efficientnet_b0 at 199,
+#          the size its reference tests run (on JAX their compiled operations are shared)
 #   top_at_small: whether include_top=True builds at that size (VGG's top needs 224)
+#   size: the default input size, where it is not 224
 #   forward: False where the loops below check structure only (no variable
-#            initialized, nothing run): the ConvNeXts, 28-198M parameters each;
+#            initialized, nothing run): the ConvNeXts, 28-198M parameters each, and
+#            EfficientNet B1-B7, the same layers as efficientnet_b0, which runs;
 #            tests/test_convnext.py runs convnext_tiny in both compute formats
 #            against torchvision and tf-keras at full depth, pooled features
 #            included, and the larger ones are its code with more blocks
@@ -46,6 +49,30 @@ MODEL_FACTS = {
     "convnext_tiny": dict(params=28_589_128, params_notop=27_820_128,
                           features={224: (7, 7, 768), 121: (3, 3, 768), 32: (1, 1, 768)},
                           small=32, top_at_small=True, forward=False),
+    "efficientnet_b0": dict(params=5_288_548, params_total=5_330_571, params_notop=4_049_571,
+                            features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
+                            small=199, top_at_small=True),
+    "efficientnet_b1": dict(params=7_794_184, params_total=7_856_239, params_notop=6_575_239,
+                            features={224: (7, 7, 1280)},
+                            small=64, top_at_small=True, forward=False, size=240),
+    "efficientnet_b2": dict(params=9_109_994, params_total=9_177_569, params_notop=7_768_569,
+                            features={224: (7, 7, 1408)},
+                            small=64, top_at_small=True, forward=False, size=260),
+    "efficientnet_b3": dict(params=12_233_232, params_total=12_320_535, params_notop=10_783_535,
+                            features={224: (7, 7, 1536)},
+                            small=64, top_at_small=True, forward=False, size=300),
+    "efficientnet_b4": dict(params=19_341_616, params_total=19_466_823, params_notop=17_673_823,
+                            features={224: (7, 7, 1792)},
+                            small=64, top_at_small=True, forward=False, size=380),
+    "efficientnet_b5": dict(params=30_389_784, params_total=30_562_527, params_notop=28_513_527,
+                            features={224: (7, 7, 2048)},
+                            small=64, top_at_small=True, forward=False, size=456),
+    "efficientnet_b6": dict(params=43_040_704, params_total=43_265_143, params_notop=40_960_143,
+                            features={224: (7, 7, 2304)},
+                            small=64, top_at_small=True, forward=False, size=528),
+    "efficientnet_b7": dict(params=66_347_960, params_total=66_658_687, params_notop=64_097_687,
+                            features={224: (7, 7, 2560)},
+                            small=64, top_at_small=True, forward=False, size=600),
     "mobilenet_v2": dict(params=3_504_872, params_total=3_538_984, params_notop=2_257_984,
                          features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
                          small=64, top_at_small=True),
@@ -136,12 +163,15 @@ def structure_only(only: bool):
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_counts(name, data_format):
     facts = MODEL_FACTS[name]
+    if name not in FORWARD and data_format == "channels_first":
+        return  # the large EfficientNets: counted once, in channels_last
     model = structure(name, data_format=data_format)
     assert model.count_params() == facts.get("params_total", facts["params"])
     if "params_total" in facts:  # else params is count_params() (the ResNet rows)
         assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == facts["params"]
     assert model.output_shape == (None, 1000)
-    assert model.input_shape == (None, *in_format((224, 224, 3), data_format))
+    size = facts.get("size", 224)
+    assert model.input_shape == (None, *in_format((size, size, 3), data_format))
     notop = structure(name, include_top=False, data_format=data_format)
     assert notop.count_params() == facts["params_notop"]
 
@@ -149,6 +179,8 @@ def test_parameter_counts(name, data_format):
 @pytest.mark.parametrize("name", MODELS)
 def test_feature_shapes_and_pooling(name, data_format, rng):
     facts = MODEL_FACTS[name]
+    if name not in FORWARD and data_format == "channels_first":
+        return  # the large EfficientNets: shapes once, in channels_last
     for size, hwc in facts["features"].items():
         shape = in_format((size, size, 3), data_format)
         model = structure(name, include_top=False, input_shape=shape, data_format=data_format)
@@ -226,6 +258,8 @@ def test_compute_formats_agree(name, data_format, tmp_path, rng):
     x = distinct_images(rng, size, data_format)
     shape = x.shape[1:]
     if name not in FORWARD:  # structure only: both compute formats, the same shapes
+        if data_format == "channels_last":
+            return  # the data format changes no layer: channels_first data, both formats
         with keras.StatelessScope(initialize_variables=False):
             built = [multinet.create_model(name, include_top=False, input_shape=shape,
                                            data_format=data_format, compute_format=fmt)
@@ -297,7 +331,7 @@ def test_min_sizes_build_and_run():
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
                                   data_format="channels_last")
     assert [multinet.get_model_spec(n).min_size for n in MODELS] == [
-        32, 32, 32, 32, 32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32, 16]
+        *[32] * 12, 32, 32, 32, 1, 1, 1, 1, 1, 21, 17, 32, 32, 32, 32, 16]
 
 
 @pytest.mark.parametrize(

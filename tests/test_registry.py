@@ -20,6 +20,7 @@ def test_list_models_sorted_with_wildcards():
     names = multinet.list_models()
     assert names == sorted(names)
     assert names == ["convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
+                     *(f"efficientnet_b{i}" for i in range(8)),
                      "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
                      "resnet101", "resnet152", "resnet18", "resnet34", "resnet50",
                      "squeezenet1_0", "squeezenet1_1", "vgg11", "vgg13", "vgg16", "vgg19",

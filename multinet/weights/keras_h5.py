@@ -172,7 +172,10 @@ def read_legacy(root) -> SourceWeights:
                                  f"({_one_line(error)})") from error
             if dataset is None:
                 raise ValueError(f"{where} lists weight {weight_name!r}, which is not in the file")
-            arrays.append(_read_tensor(dataset, f"{where}, weight {weight_name!r}"))
+            # Keras 2's integer weights are counters (Normalization's count:0).
+            short = weight_name.rsplit("/", 1)[-1].split(":")[0]
+            arrays.append(_read_tensor(dataset, f"{where}, weight {weight_name!r}",
+                                       "fiu" if short == "count" else "f"))
         for inner, inner_arrays in nested_layers(layer_name, weight_names, arrays):
             name = keras_layer_name(inner)
             if name in tensors:
