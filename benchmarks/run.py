@@ -38,14 +38,15 @@ from multinet.benchmark import (  # noqa: E402
     time_interleaved,
 )
 
-MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16", "resnet50", "mobilenet_v3_large")
+MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16", "resnet50", "mobilenet_v3_large",
+          "efficientnet_b0", "convnext_tiny", "vit_b_16")
 FORMATS = ("channels_last", "channels_first")
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 TASKS = ("latency", "throughput", "train")
 CALLS = ("compiled", "predict")
 # Throughput and training batch per model.
 BATCH = {"squeezenet1_0": 16, "squeezenet1_1": 16, "vgg16": 4, "resnet50": 8,
-         "mobilenet_v3_large": 16}
+         "mobilenet_v3_large": 16, "efficientnet_b0": 16, "convnext_tiny": 8, "vit_b_16": 4}
 DEFAULT_OUT = HERE / "results"
 
 
@@ -54,7 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help="latency (inference, batch 1), throughput (inference, "
-                             "squeezenet b16, vgg b4, resnet50 b8, mobilenet_v3_large b16), "
+                             "squeezenet b16, vgg b4, resnet50 b8, mobilenet_v3_large b16, "
+                             "efficientnet_b0 b16, convnext_tiny b8, vit_b_16 b4), "
                              "train (forward+backward+SGD)")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--dtypes", default=",".join(DTYPES),
