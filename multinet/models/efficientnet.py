@@ -39,7 +39,7 @@ import numpy as np
 
 from multinet import layers
 from multinet.models.base import build_model, check_rate
-from multinet.models.mobilenet import correct_pad, make_divisible
+from multinet.models.mobilenet import make_divisible, strided_padding
 from multinet.registry import Family, ModelSpec, WeightsSpec, register_model, torchvision_weights
 
 VARIANTS = ("keras", "torchvision")
@@ -148,20 +148,6 @@ def plan(model_name: str) -> dict:
 # --- layers ------------------------------------------------------------------
 
 
-def _spatial(x, fmt):
-    return tuple(x.shape[1:3]) if fmt == "channels_last" else tuple(x.shape[2:4])
-
-
-def _padding(x, fmt, kernel, variant, name):
-    """The explicit padding of a stride-2 convolution: keras' correct_pad or
-    torchvision's symmetric ``k // 2``."""
-    if variant == "keras":
-        pad = correct_pad(*_spatial(x, fmt), kernel)
-    else:
-        pad = ((kernel // 2,) * 2,) * 2
-    return keras.layers.ZeroPadding2D(pad, data_format=fmt, name=name)(x)
-
-
 def _batch_norm(x, fmt, bn, name):
     epsilon, momentum = bn
     return keras.layers.BatchNormalization(axis=layers.channel_axis(fmt), epsilon=epsilon,
@@ -199,7 +185,7 @@ def mbconv(x, fmt, block: dict, *, variant: str, bn):
     kernel, stride = block["kernel"], block["stride"]
     padding = "same"
     if stride == 2:
-        x = _padding(x, fmt, kernel, variant, prefix + "dwconv_pad")
+        x = strided_padding(x, fmt, kernel, variant, prefix + "dwconv_pad")
         padding = "valid"
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
                                depthwise_initializer=_conv_init(), data_format=fmt,
@@ -238,7 +224,7 @@ def _features(x, fmt, model_name, plan, variant, variance_correction):
         x = layers.Normalization(axis=layers.channel_axis(fmt), name="normalization")(x)
         if variance_correction:
             x = keras.layers.Rescaling(_stddev_scale(fmt), name="rescaling_1")(x)
-    x = _padding(x, fmt, 3, variant, "stem_conv_pad")
+    x = strided_padding(x, fmt, 3, variant, "stem_conv_pad")
     x = _conv(x, fmt, plan["stem"], "stem_conv", kernel=3, strides=2)
     x = _batch_norm(x, fmt, bn, "stem_bn")
     x = keras.layers.Activation("swish", name="stem_activation")(x)

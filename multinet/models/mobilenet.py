@@ -217,7 +217,7 @@ def _spatial(x, fmt):
     return tuple(x.shape[1:3]) if fmt == "channels_last" else tuple(x.shape[2:4])
 
 
-def _strided_padding(x, fmt, kernel, variant, name):
+def strided_padding(x, fmt, kernel, variant, name):
     """The padding a stride-2 convolution gets: keras' correct_pad or
     torchvision's symmetric ``k // 2``."""
     if variant == "keras":
@@ -286,7 +286,7 @@ def inverted_residual(x, fmt, block: dict, *, version: str, variant: str, bn):
     padding = "same"
     if stride == 2:
         pad_name = prefix + ("pad" if version == "v2" else "depthwise_pad")
-        x = _strided_padding(x, fmt, kernel, variant, pad_name)
+        x = strided_padding(x, fmt, kernel, variant, pad_name)
         padding = "valid"
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
                                data_format=fmt, name=prefix + "depthwise")(x)
