@@ -189,3 +189,64 @@ def _with_threads(torch, threads, step):
                 torch.set_num_threads(previous)
 
     return run
+
+
+def count_flops(name: str, *, image_size: int = 224, task: str = "inference") -> int | None:
+    """Analytic FLOPs of one image through ``name`` at ``image_size``: what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts on one forward pass of
+    the native module (2 FLOPs per multiply-add of every convolution and matrix
+    product, from the operands' shapes; elementwise work, normalisation and
+    pooling are not counted). ``task="train"`` is 3x that, the usual convention
+    (the backward pass runs two products of each forward one's size); the
+    counter's own backward figures are not used, since it counts grouped
+    convolutions' gradients as dense ones. The count is the direct algorithm's:
+    a Winograd or FFT kernel does fewer multiplications, so achieved GFLOP/s
+    above the machine's peak would mean such a kernel ran. None where PyTorch
+    is absent."""
+    if not available():
+        return None
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = build_module(name).eval()
+    images, _ = make_inputs(1, image_size, "channels_first")
+    # PyTorch's CPU attention kernel is missing from the counter's registry: the
+    # same formula as its GPU kernels (softmax(QK^T)V, 2 products).
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: attention_flops})
+    # Gradients stay enabled: under no_grad, nn.MultiheadAttention takes a fused
+    # fast path whose products the counter does not see.
+    with counter:
+        module(torch.from_numpy(images))
+    forward = int(counter.get_total_flops())
+    return forward * 3 if task == "train" else forward
+
+
+def matmul_peak_gflops(threads: int | None = None, *, size: int = 2048,
+                       seconds: float = 1.5) -> dict | None:
+    """This machine's measured float32 matrix-multiply peak: the best GFLOP/s of
+    ``size`` x ``size`` products (``torch.mm``, ``threads`` threads) over about
+    ``seconds`` of repeats, after one warm-up product. None where PyTorch is absent."""
+    if not available():
+        return None
+    import torch
+
+    threads = threads or default_threads()
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    run = _with_threads(torch, threads, lambda: torch.mm(a, b))
+    run()
+    best, deadline, calls = float("inf"), time.perf_counter() + seconds, 0
+    while calls < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+        calls += 1
+    return {"gflops": 2 * size**3 / best / 1e9, "size": size, "threads": threads,
+            "calls": calls, "kernel": "torch.mm float32"}

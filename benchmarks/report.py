@@ -59,6 +59,53 @@ def _native(r) -> str:
     return f"{text} ({threads} thr)" if threads and text != "n/a" else text
 
 
+def _ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _gflops(r) -> str:
+    if r.get("achieved_gflops") is None:
+        return "n/a"
+    text = _fmt(r["achieved_gflops"], 1)
+    return text + (f" ({100 * r['peak_fraction']:.0f}%)" if r.get("peak_fraction") else "")
+
+
+def _memory(r) -> str:
+    if r.get("peak_memory_bytes") is None:
+        return "n/a"
+    text = f"{r['peak_memory_bytes'] / 2**20:.0f}"
+    native = r.get("native_peak_memory_bytes")
+    return text + (f" ({native / 2**20:.0f})" if native else "")
+
+
+def machine_peaks(runs: list[dict]) -> list[str]:
+    lines = []
+    for run in runs:
+        peak = run.get("machine_peak")
+        if peak:
+            lines.append(f"- {run['environment']['backend']} run: float32 matmul peak "
+                         f"{peak['gflops']:.0f} GFLOP/s ({peak['kernel']}, {peak['size']}x"
+                         f"{peak['size']}, {peak['threads']} threads)")
+    return lines
+
+
+def merged_csv(results_dir: Path, path: Path) -> Path | None:
+    """Every ``<backend>.csv`` in ``results_dir`` as one CSV (one header)."""
+    header, body = None, []
+    for csv_path in sorted(results_dir.glob("*.csv")):
+        if csv_path.name == path.name:
+            continue
+        lines = csv_path.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            continue
+        header = header or lines[0]
+        body += lines[1:]
+    if header is None:
+        return None
+    path.write_text("\n".join([header, *body]) + "\n", encoding="utf-8")
+    return path
+
+
 def markdown(runs: list[dict]) -> str:
     lines = []
     for run in runs:
@@ -68,11 +115,13 @@ def markdown(runs: list[dict]) -> str:
             f"{env['device']} ({env['cpu']}, {env['cpu_count']} cores), native baseline: "
             f"{run['native_baseline']}; `{run['command']}` ({run['wall_s']} s, "
             f"{run['created']})")
+    lines += machine_peaks(runs)
     lines += [
         "",
         "| backend | model | task | batch | format | dtype | call | img/s (min-max) "
-        "| native img/s | ratio | first call s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| native img/s | ratio | vs torch.compile | GFLOP/s (of peak) | peak MB (native) "
+        "| first call s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows(runs):
         if r.get("status") == "ok":
@@ -86,7 +135,8 @@ def markdown(runs: list[dict]) -> str:
         lines.append(
             f"| {r['backend']} | {r['model']} | {r.get('bench_task', r['task'])} | "
             f"{r['batch_size']} | {r['data_format']} | {r['dtype']} | {r['call']} | {speed} | "
-            f"{_native(r)} | {ratio_text} | {first} |")
+            f"{_native(r)} | {ratio_text} | {_ratio(r.get('ratio_to_torch_compile'))} | "
+            f"{_gflops(r)} | {_memory(r)} | {first} |")
     unsupported = [r for r in rows(runs) if r.get("status") != "ok"]
     if unsupported:
         lines.append("")
@@ -213,6 +263,7 @@ def main(argv=None) -> tuple[Path, Path]:
         "ratio to native on one thread, where measured)\n\n"
         + summary(runs) + "\n## Every result\n\n" + markdown(runs), encoding="utf-8")
     png_path = chart(runs, out / "report.png")
+    merged_csv(results_dir, out / "results.csv")
     print(f"wrote {md_path} and {png_path}", file=sys.stderr)
     return md_path, png_path
 

@@ -13,6 +13,7 @@ baseline is recorded as unavailable and the ratios are null.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import gc
 import json
@@ -29,6 +30,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import keras  # noqa: E402
+import memory  # noqa: E402
 import native  # noqa: E402
 
 from multinet import backend  # noqa: E402
@@ -38,6 +40,10 @@ from multinet.benchmark import (  # noqa: E402
     time_interleaved,
 )
 
+CSV_COLUMNS = ("model", "img_size", "batch_size", "backend", "data_format", "dtype", "task",
+               "call", "status", "img/s", "native img/s", "ratio", "torch.compile img/s",
+               "ratio to torch.compile", "gflops", "achieved gflop/s", "peak fraction",
+               "peak memory", "native peak memory", "peak device memory")
 MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16", "resnet50", "mobilenet_v3_large",
           "efficientnet_b0", "convnext_tiny", "vit_b_16")
 FORMATS = ("channels_last", "channels_first")
@@ -80,6 +86,12 @@ def parse_args(argv=None):
                         help="also time the baseline on one PyTorch thread (for reference)")
     parser.add_argument("--native-compile", action="store_true",
                         help="also time the baseline through torch.compile")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure peak resident memory of every configuration and "
+                             "of its native baseline, each in a fresh process "
+                             "(benchmarks/memory.py)")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip measuring the machine's float32 matmul peak")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     args = parser.parse_args(argv)
     for key in ("models", "tasks", "formats", "dtypes", "calls", "lowp_models"):
@@ -133,6 +145,10 @@ def run(args) -> dict:
         torch.set_num_threads(threads)  # the same threads for both sides
     results = []
     started = time.perf_counter()
+    peak = None
+    if not args.no_peak and native.available():
+        peak = native.matmul_peak_gflops(threads, seconds=0.3 if args.quick else 1.5)
+    flops = {}
     for model, task, batch, dtype in configs(args):
         mode = "train" if task == "train" else "inference"
         common = dict(batch_size=batch, image_size=args.image_size)
@@ -171,8 +187,15 @@ def run(args) -> dict:
                 ours.append(prepared)
         everything = list(baselines.values()) + ours
         time_interleaved(everything, items=batch, warmup=args.warmup, repeats=args.repeats)
+        if native.available() and (model, mode) not in flops:
+            flops[model, mode] = native.count_flops(model, image_size=args.image_size,
+                                                    task=mode)
         for prepared in everything:
             prepared.result["bench_task"] = task
+            add_throughput_figures(prepared.result, flops.get((model, mode)), peak)
+        if args.memory:
+            measure_memory(baselines.get("torch_eager"), ours, args, task=mode, batch=batch,
+                           dtype=dtype)
         for prepared in baselines.values():
             results.append(prepared.result)
         eager = baselines["torch_eager"].result if baselines else {}
@@ -185,8 +208,14 @@ def run(args) -> dict:
                 result["ratio_to_native_1_thread"] = paired_ratio(
                     result, baselines["torch_eager_1_thread"].result)
             if "torch_compile" in baselines:
+                result["torch_compile_images_per_s"] = (
+                    baselines["torch_compile"].result.get("images_per_s"))
                 result["ratio_to_torch_compile"] = paired_ratio(
                     result, baselines["torch_compile"].result)
+            if eager.get("peak_memory_bytes") and result.get("peak_memory_bytes"):
+                result["native_peak_memory_bytes"] = eager["peak_memory_bytes"]
+                result["memory_ratio_to_native"] = (
+                    result["peak_memory_bytes"] / eager["peak_memory_bytes"])
             results.append(result)
         del baselines, ours, everything
         gc.collect()
@@ -204,9 +233,62 @@ def run(args) -> dict:
                    "native seconds / multinet seconds"),
         "environment": {**environment(), "platform": platform.platform(),
                         "load_average_1min": _load_average()},
+        "machine_peak": peak,
+        "flops": ("analytic FLOPs of one image (torch.utils.flop_counter on the native "
+                  "module: 2 per multiply-add of convolutions and matrix products; training "
+                  "3x the forward pass); achieved_gflops = gflops_per_image x images_per_s; "
+                  "peak_fraction = achieved_gflops / machine_peak.gflops"),
         "wall_s": round(time.perf_counter() - started, 1),
         "results": [_compact(r) for r in results],
     }
+
+
+def add_throughput_figures(result: dict, flops: int | None, peak: dict | None) -> None:
+    """Achieved GFLOP/s and the fraction of the machine's matmul peak, from the
+    analytic FLOPs of one image (``native.count_flops``)."""
+    if not flops:
+        return
+    result["gflops_per_image"] = flops / 1e9
+    if result.get("status") == "ok" and result.get("images_per_s"):
+        result["achieved_gflops"] = flops / 1e9 * result["images_per_s"]
+        if peak:
+            result["peak_fraction"] = result["achieved_gflops"] / peak["gflops"]
+
+
+def measure_memory(baseline, ours, args, *, task: str, batch: int, dtype: str) -> None:
+    """Peak resident memory of each configuration, each in a fresh process
+    (``benchmarks/memory.py``), into ``result["peak_memory_bytes"]``."""
+    jobs = [(p, "multinet") for p in ours if p.result.get("status") == "ok"]
+    if baseline is not None and baseline.result.get("status") == "ok":
+        jobs.insert(0, (baseline, "torch_eager"))
+    for prepared, implementation in jobs:
+        result = prepared.result
+        call = result["call"] if result["call"] in ("compiled", "predict") else "compiled"
+        figures = memory.measure(result["model"], implementation=implementation, task=task,
+                                 batch_size=batch, image_size=args.image_size, dtype=dtype,
+                                 data_format=result["data_format"], call=call)
+        result.update(figures)
+
+
+def write_csv(report: dict, path: Path) -> Path:
+    """The results as a CSV in timm's style, one row per multinet figure."""
+    backend_name = report["environment"]["backend"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for r in report["results"]:
+            if r.get("implementation") != "multinet":
+                continue
+            writer.writerow([
+                r["model"], r["image_size"], r["batch_size"], backend_name, r["data_format"],
+                r["dtype"], r.get("bench_task", r["task"]), r["call"], r.get("status"),
+                r.get("images_per_s"), r.get("native_images_per_s"), r.get("ratio_to_native"),
+                r.get("torch_compile_images_per_s"), r.get("ratio_to_torch_compile"),
+                r.get("gflops_per_image"), r.get("achieved_gflops"), r.get("peak_fraction"),
+                r.get("peak_memory_bytes"), r.get("native_peak_memory_bytes"),
+                r.get("peak_device_memory_bytes"),
+            ])
+    return path
 
 
 def _load_average():
@@ -223,7 +305,8 @@ def _command() -> str:
 
 
 def _compact(result: dict) -> dict:
-    """Round floats and drop the environment repeated in every row."""
+    """Round floats to 6 significant digits and drop the environment repeated in
+    every row."""
     drop = {"keras_version", "multinet_version", "python_version", "cpu", "cpu_count",
             "schema"}
     out = {}
@@ -231,7 +314,7 @@ def _compact(result: dict) -> dict:
         if key in drop:
             continue
         if isinstance(value, float):
-            value = round(value, 4)
+            value = float(f"{value:.6g}")
         out[key] = value
     return out
 
@@ -243,6 +326,7 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{backend.name()}.json"
     path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_csv(report, out / f"{backend.name()}.csv")
     ratios = [r["ratio_to_native"] for r in report["results"]
               if r.get("ratio_to_native") is not None]
     summary = f"geomean ratio {statistics.geometric_mean(ratios):.2f}" if ratios else "no ratios"

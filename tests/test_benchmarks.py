@@ -7,6 +7,7 @@ unavailable elsewhere.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -198,7 +199,84 @@ def test_quick_run_writes_results_and_report(tmp_path):
         assert not natives
         assert all(r["ratio_to_native"] is None for r in ours)
 
+    with (tmp_path / f"{backend.name()}.csv").open(encoding="utf-8", newline="") as handle:
+        table_rows = list(csv.DictReader(handle))
+    assert tuple(table_rows[0]) == run.CSV_COLUMNS
+    assert len(table_rows) == len(ours)
+    assert {row["backend"] for row in table_rows} == {backend.name()}
+    if HAS_TORCH:
+        peak = data["machine_peak"]["gflops"]
+        assert peak > 0
+        for result in ours:
+            if result["dtype"] != "float32":
+                continue
+            # squeezenet1_1 at 32x32: 2 x multiply-adds, training 3x the forward pass
+            forward = 2 * squeezenet_macs(32)
+            expected = forward * (3 if result["bench_task"] == "train" else 1) / 1e9
+            assert result["gflops_per_image"] == pytest.approx(expected, rel=1e-3)
+            assert result["achieved_gflops"] == pytest.approx(
+                result["gflops_per_image"] * result["images_per_s"], rel=1e-3)
+            assert result["peak_fraction"] == pytest.approx(
+                result["achieved_gflops"] / peak, rel=1e-3)
+        row = next(r for r in table_rows if r["dtype"] == "float32")
+        assert float(row["gflops"]) > 0 and float(row["peak fraction"]) > 0
+
     md_path, png_path = report.main(["--results", str(tmp_path)])
     table = md_path.read_text(encoding="utf-8")
     assert f"| {backend.name()} | squeezenet1_1 | throughput | 2 |" in table
+    assert "| GFLOP/s (of peak) | peak MB (native) |" in table
+    merged = (tmp_path / "results.csv").read_text(encoding="utf-8").splitlines()
+    assert merged[0].split(",") == list(run.CSV_COLUMNS) and len(merged) == len(ours) + 1
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def squeezenet_macs(size: int) -> int:
+    """Multiply-adds of squeezenet1_1's convolutions at ``size`` x ``size``, counted
+    here from the architecture (REFERENCE.md), independently of any FLOP counter."""
+    def out(n, k, s):
+        return (n - k) // s + 1
+
+    def pool(n):  # 3x3 stride 2, ceil mode
+        return -(-(n - 3) // 2) + 1
+
+    fires = [(64, 16, 64), (128, 16, 64), (128, 32, 128), (256, 32, 128),
+             (256, 48, 192), (384, 48, 192), (384, 64, 256), (512, 64, 256)]
+    n = out(size, 3, 2)
+    macs = n * n * 64 * 3 * 9
+    n = pool(n)
+    for index, (cin, squeeze, expand) in enumerate(fires):
+        if index in (2, 4):
+            n = pool(n)
+        macs += n * n * (cin * squeeze + squeeze * expand + squeeze * expand * 9)
+    return macs + n * n * 512 * 1000
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the FLOP count runs on the native PyTorch module")
+@pytest.mark.parametrize("name, gmacs", [("resnet50", 4.089), ("vit_b_16", 17.564),
+                                         ("squeezenet1_1", squeezenet_macs(224) / 1e9)])
+def test_analytic_flops_match_published_counts(name, gmacs):
+    """torchvision publishes 4.09 and 17.56 GFLOPS (multiply-adds) for resnet50 and
+    vit_b_16 at 224; the count must see attention's products too (PyTorch's counter
+    misses its CPU attention kernel on its own)."""
+    native = _load("native")
+    assert native.count_flops(name) / 2e9 == pytest.approx(gmacs, rel=1e-3)
+    assert native.count_flops(name, task="train") == 3 * native.count_flops(name)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the memory baseline is native PyTorch")
+def test_memory_is_measured_for_both_sides_in_fresh_processes(tmp_path):
+    run = _load("run")
+    path = run.main(["--quick", "--out", str(tmp_path), "--tasks", "throughput",
+                     "--formats", "channels_last", "--calls", "compiled", "--dtypes", "float32",
+                     "--memory", "--no-peak"])
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["machine_peak"] is None
+    native_row = next(r for r in data["results"] if r["implementation"] == "torch_eager")
+    ours = next(r for r in data["results"] if r["implementation"] == "multinet")
+    for row in (native_row, ours):
+        assert "peak_memory_error" not in row, row.get("peak_memory_error")
+        assert 0 < row["peak_memory_bytes"] < row["peak_rss_bytes"]
+        assert row["base_rss_bytes"] + row["peak_memory_bytes"] == row["peak_rss_bytes"]
+    assert ours["native_peak_memory_bytes"] == native_row["peak_memory_bytes"]
+    assert ours["memory_ratio_to_native"] == pytest.approx(
+        ours["peak_memory_bytes"] / native_row["peak_memory_bytes"], rel=1e-3)
