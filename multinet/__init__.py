@@ -37,7 +37,8 @@ _EXPORTS = {
     "model_info": "multinet.layers",
     "preprocess_input": "multinet.preprocessing",
 }
-_SUBMODULES = {"backend", "benchmark", "distribute", "layers", "models", "preprocessing", "registry", "weights"}
+_SUBMODULES = {"backend", "benchmark", "distribute", "layers", "models", "preprocessing",
+               "registry", "weights"}
 
 __all__ = sorted([*_EXPORTS, "__version__", "layers", "models"])
 
