@@ -270,6 +270,44 @@ def xla_compiler_options() -> dict[str, str]:
     return dict(_XLA_CPU_OPTIONS)
 
 
+@functools.cache
+def _xla_options_accepted(items: tuple[tuple[str, str], ...]) -> bool:
+    """Whether this jax's XLA compiles with these options (checked once)."""
+    import jax
+
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(items))(1.0)
+    except Exception:  # an XLA that does not know them
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def keras_jit_options():
+    """Inside this context, the ``jax.jit`` that Keras' JAX trainer uses for
+    ``predict``, ``fit`` and ``evaluate`` steps compiles with
+    :func:`xla_compiler_options` (per compiled function, never process-wide).
+    A no-op off JAX, on GPUs, and where Keras' trainer or XLA differ from what
+    this expects (then Keras compiles as usual).
+    """
+    options = xla_compiler_options()
+    if not options or not _xla_options_accepted(tuple(sorted(options.items()))):
+        yield
+        return
+    import jax
+    from keras.src.backend.jax import trainer as jax_trainer
+
+    original = getattr(jax_trainer, "jit", None)
+    if original is not jax.jit:  # flax nnx, or a Keras that compiles differently
+        yield
+        return
+    jax_trainer.jit = functools.partial(jax.jit, compiler_options=options)
+    try:
+        yield
+    finally:
+        jax_trainer.jit = original
+
+
 def compile_inference(model: keras.Model):
     """A fast inference function for ``model``: ``forward(x) -> y``.
 

@@ -495,3 +495,28 @@ def model_info(model) -> dict:
     """
     layer = info_layer(model)
     return _json_ready(layer.info) if layer is not None else {}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Model(keras.Model):
+    """The functional ``keras.Model`` every multinet builder returns.
+
+    Built and saved like any functional model (``Model(inputs, outputs)``,
+    ``.keras`` files). The one difference: on JAX on a CPU, the steps Keras
+    compiles for ``predict``, ``fit`` and ``evaluate`` get the XLA options of
+    :func:`multinet.backend.xla_compiler_options`, as ``compile_inference`` does,
+    without any process-wide ``XLA_FLAGS``. Elsewhere it is a plain functional
+    model.
+    """
+
+    def make_predict_function(self, force=False):
+        with backend.keras_jit_options():
+            return super().make_predict_function(force=force)
+
+    def make_train_function(self, force=False):
+        with backend.keras_jit_options():
+            return super().make_train_function(force=force)
+
+    def make_test_function(self, force=False):
+        with backend.keras_jit_options():
+            return super().make_test_function(force=force)

@@ -551,6 +551,34 @@ def test_keras_archive_keeps_ceil_mode(tmp_path, data_format, rng):
     x = distinct_images(rng, 67, data_format)
     expected = run(model, x)
     assert rel_error(run(restored, x), expected) < 1e-6
+    assert type(restored) is type(model) is multinet.layers.Model
     fresh = multinet.create_model("squeezenet1_1", include_top=False, ceil_mode=True,
                                   input_shape=x.shape[1:], data_format=data_format)
     assert rel_error(run(fresh, x), expected) > 0.1
+
+
+def test_keras_steps_compile_with_multinet_xla_options_only_inside_the_context():
+    """On JAX on a CPU, Keras' own predict/fit/evaluate steps of a multinet model
+    compile with ``xla_compiler_options`` (``keras_jit_options``), and Keras'
+    trainer is left as it was afterwards; elsewhere the context changes nothing.
+    The predictions equal those of a plain functional model with the same layers."""
+    options = backend.xla_compiler_options()
+    if backend.name() == "jax":
+        import jax
+        from keras.src.backend.jax import trainer as jax_trainer
+
+        assert options  # the CPU test machines
+        with backend.keras_jit_options():
+            assert jax_trainer.jit.func is jax.jit
+            assert jax_trainer.jit.keywords == {"compiler_options": options}
+        assert jax_trainer.jit is jax.jit
+    else:
+        assert options == {}
+    model = multinet.create_model("squeezenet1_1", weights=None, input_shape=(64, 64, 3),
+                                  data_format="channels_last", classes=10)
+    assert isinstance(model, multinet.layers.Model)
+    plain = keras.Model(model.inputs, model.outputs)
+    assert type(plain) is not multinet.layers.Model
+    x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ import keras
 from multinet import backend
 from multinet.layers import (
     INFO_LAYER,
+    Model,
     ModelInfo,
     image_shape,
     resolve_compute_format,
@@ -195,7 +196,7 @@ def build_model(
             x = to_data_format(x, compute_format, data_format, name="to_" + data_format)
     info = {"model": model_name, "options": dict(options or {}), "weights": None}
     x = ModelInfo(info, name=INFO_LAYER)(x)
-    return keras.Model(model_inputs, x, name=name or model_name)
+    return Model(model_inputs, x, name=name or model_name)
 
 
 def make_constructor(model_name: str, public_name: str, summary: str):
