@@ -1,0 +1,121 @@
+"""k steps of training through multinet.distribute's engine on N devices, in a fresh process.
+
+    python tests/distributed_worker.py OUT_DIR --devices N
+
+Builds a small convolutional network without batch statistics from fixed numpy
+weights, trains one epoch of 3 global batches of 8 samples with SGD and a
+validation set, and writes OUT_DIR/result.npz (the weights after training, the
+history; chief only) and OUT_DIR/batches-<rank>.json (the batch sizes this
+process's replicas saw in training steps). On torch with N > 1 it relaunches
+itself under torchrun through ``maybe_launch_torchrun``, as ``multinet train``
+does. Multi-device JAX needs XLA_FLAGS=--xla_force_host_platform_device_count=N
+set before it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from multinet import distribute
+
+GLOBAL_BATCH = 8
+STEPS = 3
+CLASSES = 10
+SHAPE = (12, 12, 3)
+SEEN: list[int] = []  # per-replica batch sizes of the training steps
+
+
+class RecordBatch(keras.layers.Layer):
+    """The identity; records how many samples each replica's training step sees."""
+
+    def call(self, x, training=None):
+        if training:
+            backend = keras.backend.backend()
+            if backend == "jax":
+                import jax
+
+                # The layout XLA compiles the step for: the samples per device.
+                jax.debug.inspect_array_sharding(
+                    x, callback=lambda sharding: SEEN.append(sharding.shard_shape(x.shape)[0]))
+            elif backend == "tensorflow":
+                import tensorflow as tf
+
+                def record(size):
+                    SEEN.append(int(size))
+                    return size
+
+                size = tf.py_function(record, [tf.shape(x)[0]], tf.int32)
+                x = x + 0 * tf.cast(size, x.dtype)  # keep the recording in the graph
+            else:
+                SEEN.append(int(x.shape[0]))
+        return x
+
+
+def build_model() -> keras.Model:
+    inputs = keras.Input(SHAPE)
+    x = RecordBatch()(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(CLASSES)(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype("float32")
+                       for w in model.get_weights()])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, count: int, seed: int):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.x = rng.normal(size=(count, *SHAPE)).astype("float32")
+        self.y = rng.integers(0, CLASSES, count)
+
+    def __len__(self):
+        return -(-len(self.x) // GLOBAL_BATCH)
+
+    def __getitem__(self, index):
+        part = slice(index * GLOBAL_BATCH, (index + 1) * GLOBAL_BATCH)
+        return self.x[part], self.y[part]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--devices", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    n = distribute.resolve_devices(args.devices, batch_size=GLOBAL_BATCH)
+    launched = distribute.maybe_launch_torchrun(n, [__file__, *argv])
+    if launched is not None:
+        return launched
+    engine = distribute.get_engine(n)
+    keras.utils.set_random_seed(0)  # the batch order fit shuffles
+    with engine.scope():
+        model = build_model()
+    history = engine.fit(model, Batches(GLOBAL_BATCH * STEPS, 1), Batches(2 * GLOBAL_BATCH, 2),
+                         epochs=1, verbose=0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"batches-{engine.rank}.json").write_text(json.dumps({
+        "seen": SEEN, "devices": engine.devices, "pid": os.getpid(),
+        "replicas": getattr(getattr(engine, "strategy", None), "num_replicas_in_sync", None),
+    }))
+    if engine.is_chief:
+        np.savez(args.out / "result.npz", *model.get_weights(),
+                 history=json.dumps(history.history))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
