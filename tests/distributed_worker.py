@@ -3,10 +3,11 @@
     python tests/distributed_worker.py OUT_DIR --devices N
 
 Builds a small convolutional network without batch statistics from fixed numpy
-weights, trains one epoch of 3 global batches of 8 samples with SGD and a
-validation set, and writes OUT_DIR/result.npz (the weights after training, the
-history; chief only) and OUT_DIR/batches-<rank>.json (the batch sizes this
-process's replicas saw in training steps). On torch with N > 1 it relaunches
+weights, trains epochs of 3 global batches of 8 samples with SGD (momentum) and
+a validation set, optionally with keras.callbacks.BackupAndRestore (--backup; a
+run resumes from the epoch the backup holds), and writes OUT_DIR/result.npz (the
+weights after training, the history; chief only) and OUT_DIR/batches-<rank>.json
+(the batch sizes this process's replicas saw in training steps). On torch with N > 1 it relaunches
 itself under torchrun through ``maybe_launch_torchrun``, as ``multinet train``
 does. Multi-device JAX needs XLA_FLAGS=--xla_force_host_platform_device_count=N
 set before it starts.
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,6 +88,18 @@ class Reseed(keras.callbacks.Callback):
         random.seed(epoch)
 
 
+class KeepBackup(keras.callbacks.Callback):
+    """Copies BackupAndRestore's folder as it is after the first epoch."""
+
+    def __init__(self, backup: Path, copy: Path):
+        super().__init__()
+        self.backup, self.copy = backup, copy
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            shutil.copytree(self.backup, self.copy)
+
+
 class Batches(keras.utils.PyDataset):
     def __init__(self, count: int, seed: int):
         super().__init__()
@@ -105,6 +119,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--backup", type=Path, help="BackupAndRestore's folder (kept)")
+    parser.add_argument("--keep-first-epoch", type=Path,
+                        help="copy the backup after the first epoch here")
     args = parser.parse_args(argv)
 
     n = distribute.resolve_devices(args.devices, batch_size=GLOBAL_BATCH)
@@ -114,8 +132,13 @@ def main(argv: list[str]) -> int:
     engine = distribute.get_engine(n)
     with engine.scope():
         model = build_model()
+    callbacks = [Reseed()]
+    if args.backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(args.backup, delete_checkpoint=False))
+    if args.keep_first_epoch:
+        callbacks.append(KeepBackup(args.backup, args.keep_first_epoch))
     history = engine.fit(model, Batches(GLOBAL_BATCH * STEPS, 1), Batches(2 * GLOBAL_BATCH, 2),
-                         epochs=1, callbacks=[Reseed()], verbose=0)
+                         epochs=args.epochs, callbacks=callbacks, verbose=0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"batches-{engine.rank}.json").write_text(json.dumps({
         "seen": SEEN, "devices": engine.devices, "pid": os.getpid(),
