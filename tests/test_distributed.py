@@ -47,7 +47,7 @@ def run_worker(out: Path, devices: int, *args: str) -> dict:
     for name in distribute.TORCHRUN_ENV:  # a fresh start, not a torchrun process
         env.pop(name, None)
     result = subprocess.run([sys.executable, str(WORKER), str(out), "--devices", str(devices),
-                             *args], env=env, capture_output=True, text=True, timeout=240)
+                             *args], env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     saved = np.load(out / "result.npz")
     processes = [json.loads(path.read_text()) for path in sorted(out.glob("batches-*.json"))]
