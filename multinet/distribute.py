@@ -34,12 +34,15 @@ may use. Under torchrun it is the number of processes torchrun started.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
 import sys
 
 import keras
+
+from multinet import backend as _backend
 
 CPU_DEVICES_ENV = "MULTINET_CPU_DEVICES"
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
@@ -77,6 +80,7 @@ def device_count() -> int:
     if backend == "jax":
         import jax
 
+        _jax_join_processes()
         return len(jax.devices())
     if backend == "tensorflow":
         return _tf_device_count()
@@ -91,6 +95,29 @@ def device_count() -> int:
     return 1
 
 
+_JAX_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+_jax_joined = False
+
+
+def _jax_join_processes() -> None:
+    """Several JAX processes (hosts): ``keras.distribution.initialize()`` once, which
+    reads KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and
+    KERAS_DISTRIBUTION_PROCESS_ID and calls ``jax.distributed.initialize``."""
+    global _jax_joined
+    if not _jax_joined and int(os.environ.get(_JAX_PROCESSES, "1") or 1) > 1:
+        keras.distribution.initialize()
+    _jax_joined = True
+
+
+def _hint(backend: str) -> str:
+    if backend == "jax":
+        return (" (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N before "
+                "Python starts)")
+    if backend in ("tensorflow", "torch"):
+        return f" (on CPU: {CPU_DEVICES_ENV}=N)"
+    return ""
+
+
 def resolve_devices(devices: int | None = None, distribute: bool = False, *,
                     batch_size: int | None = None) -> int:
     """The number of devices to train on: ``devices``, every visible one with
@@ -103,7 +130,10 @@ def resolve_devices(devices: int | None = None, distribute: bool = False, *,
     available = device_count()
     n = available if distribute else (devices or 1)
     if n > available:
-        raise DistributeError(f"{n} devices were asked for but this backend sees {available}")
+        on_cpu = not (_backend.gpu_devices() or under_torchrun())
+        hint = _hint(keras.backend.backend()) if on_cpu else ""
+        raise DistributeError(
+            f"{n} devices were asked for but this backend sees {available}{hint}")
     if batch_size is not None and batch_size % n:
         raise DistributeError(
             f"--batch-size {batch_size} is not divisible by the device count {n}")
@@ -386,6 +416,7 @@ class TorchDistributedDataParallel:
             torch.cuda.set_device(self.local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if self.cuda else "gloo")
+            atexit.register(dist.destroy_process_group)
 
     def scope(self):
         return contextlib.nullcontext()

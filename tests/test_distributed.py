@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import pytest
 
-from multinet import distribute
+from multinet import backend, distribute
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -103,6 +103,38 @@ def test_n_devices_train_like_one_device_with_the_same_global_batch(
         one_device["processes"][0]["seen"]) == {GLOBAL_BATCH}
 
 
+class Numbered(keras.utils.PyDataset):
+    """Batches of 8 numbered samples, the last one of ``last``."""
+
+    def __init__(self, batches: int, last: int):
+        super().__init__()
+        self.sizes = [8] * (batches - 1) + [last]
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, index):
+        x = np.arange(self.sizes[index]) + 8 * index
+        return x[:, None].astype("float32"), x
+
+
+def test_every_device_gets_an_equal_contiguous_slice_of_each_batch():
+    data = Numbered(3, 6)
+    # Training: batches cut to a multiple of the device count.
+    shards = [distribute._Shard(data, multiple=4, part=p, parts=4) for p in range(4)]
+    assert [len(s) for s in shards] == [3] * 4
+    assert [s[0][1].tolist() for s in shards] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [s[2][1].tolist() for s in shards] == [[16], [17], [18], [19]]  # 20, 21 left out
+    # A last batch with fewer samples than devices is left out of the epoch.
+    assert len(distribute._Shard(Numbered(3, 3), multiple=4)) == 2
+    whole = distribute._Shard(data, multiple=4)  # one process feeding every device
+    assert whole[2][1].tolist() == [16, 17, 18, 19]
+    # Validation on torch: nothing is left out, the slices differ by one at most.
+    val = [distribute._Shard(Numbered(2, 5), part=p, parts=2, even=False) for p in range(2)]
+    assert [v[1][1].tolist() for v in val] == [[8, 9], [10, 11, 12]]
+    assert [len(v) for v in val] == [2, 2]
+
+
 def test_a_global_batch_the_devices_do_not_divide_is_one_line(monkeypatch):
     monkeypatch.setattr(distribute, "device_count", lambda: 4)
     monkeypatch.setattr(distribute, "_tf_split_cpu", lambda n: None)
@@ -119,9 +151,14 @@ def test_more_devices_than_exist_is_one_line():
     available = distribute.device_count()
     with pytest.raises(distribute.DistributeError) as caught:
         distribute.resolve_devices(available + 1, batch_size=(available + 1) * 2)
-    assert str(caught.value) == (
+    message = str(caught.value)
+    assert message.startswith(
         f"{available + 1} devices were asked for but this backend sees {available}")
-    assert "\n" not in str(caught.value)
+    assert "\n" not in message
+    if not (backend.gpu_devices() or distribute.under_torchrun()):  # how to get more
+        hint = {"jax": "XLA_FLAGS=--xla_force_host_platform_device_count=N"}.get(
+            BACKEND, f"{distribute.CPU_DEVICES_ENV}=N")
+        assert hint in message
 
 
 def test_devices_and_distribute_together_is_one_line():
