@@ -186,7 +186,8 @@ def _raise_missing(format: str, backend: str, missing: list[str]):
 # --- checks before anything is written ---------------------------------------------------
 
 
-def check_destination(path: str, format: str, overwrite: bool = False) -> None:
+def check_destination(path: str, format: str, overwrite: bool = False,
+                      force: str = "overwrite=True") -> None:
     """One line for a path the artifact cannot be written to."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; expected one of "
@@ -201,7 +202,7 @@ def check_destination(path: str, format: str, overwrite: bool = False) -> None:
         raise ExportError(f"the folder of {path} does not exist: {folder}")
     for target in _artifact_paths(path, format):
         if os.path.lexists(target) and not overwrite:
-            raise ExportError(f"{target} exists; pass --force (overwrite=True) to replace it")
+            raise ExportError(f"{target} exists; pass {force} to replace it")
 
 
 def _artifact_paths(path: str, format: str) -> list[str]:
