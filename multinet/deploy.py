@@ -60,13 +60,15 @@ class Route:
     (multinet's ONNX read by OpenVINO's converter) or None (cannot).
     ``packages``: (import name, pip name) the exporter needs beside the backend.
     ``dynamic_batch``: whether the artifact keeps the batch dimension dynamic.
-    ``why``: for ``method=None``, what would produce the format.
+    ``why``: for ``method=None``, what would produce the format; ``short``:
+    the same in a few words (the README's matrix).
     """
 
     method: str | None
     packages: tuple[tuple[str, str], ...] = ()
     dynamic_batch: bool = True
     why: str = ""
+    short: str = ""
 
 
 _OV = ("openvino", "openvino")
@@ -76,15 +78,16 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("tensorflow", "openvino"): Route("keras", (_OV, ("scipy", "scipy"))),
     ("tensorflow", "litert"): Route("keras"),
     ("tensorflow", "torch"): Route(None, why="the torch backend (KERAS_BACKEND=torch) exports "
-                                             ".pt2 programs"),
+                                             ".pt2 programs", short="torch backend only"),
     ("jax", "tf_saved_model"): Route("keras", (("tensorflow", "tensorflow"),)),
     ("jax", "onnx"): Route("keras", (("jax2onnx", "jax2onnx"), ("onnx", "onnx"))),
     ("jax", "openvino"): Route("onnx+openvino", (("jax2onnx", "jax2onnx"), ("onnx", "onnx"),
                                                  _OV)),
     ("jax", "litert"): Route(None, why="the tensorflow or torch backend (KERAS_BACKEND="
-                                       "tensorflow, or torch with litert-torch) exports LiteRT"),
+                                       "tensorflow, or torch with litert-torch) exports LiteRT",
+                                   short="tensorflow or torch backend"),
     ("jax", "torch"): Route(None, why="the torch backend (KERAS_BACKEND=torch) exports .pt2 "
-                                      "programs"),
+                                      "programs", short="torch backend only"),
     # keras-team/keras#20847: Keras' SavedModel export on torch needs TensorFlow.
     ("torch", "tf_saved_model"): Route(
         "keras", (("tensorflow", "tensorflow"),)),
@@ -141,6 +144,15 @@ def missing_packages(backend: str, format: str) -> list[str]:
     route = ROUTES[(backend, format)]
     needed = [(_FRAMEWORK_MODULE[backend], backend), *route.packages]
     return [pip for module, pip in needed if not _installed(module)]
+
+
+def unavailable(backend: str, format: str) -> str | None:
+    """Why ``backend`` cannot produce ``format`` here, in a few words; None if it can."""
+    route = ROUTES[(backend, format)]
+    if route.method is None:
+        return route.short
+    missing = missing_packages(backend, format)
+    return f"needs {' and '.join(missing)}" if missing else None
 
 
 def can_produce(backend: str, format: str) -> bool:
@@ -276,7 +288,27 @@ def _produce_onnx(model, path: str, signature) -> None:
 
     model.export(path, format="onnx", verbose=False, input_signature=signature)
     if mn_backend.name() == "jax":
+        _inline_external_data(path)
         fix_jax2onnx_max_pools(path)
+
+
+def _inline_external_data(path: str) -> None:
+    """One self-contained .onnx file: jax2onnx writes the weights beside the
+    graph (``PATH.data``); they go into the graph (under ONNX's 2 GB limit)."""
+    import onnx
+
+    folder = os.path.dirname(os.path.abspath(path))
+    graph_model = onnx.load(path)  # reads the external data too
+    external = {entry.value for tensor in graph_model.graph.initializer
+                for entry in tensor.external_data if entry.key == "location"}
+    if not external:
+        return
+    for tensor in graph_model.graph.initializer:
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    onnx.save(graph_model, path)
+    for name in external:
+        os.remove(os.path.join(folder, name))
 
 
 def fix_jax2onnx_max_pools(path: str) -> int:
@@ -535,7 +567,7 @@ def export(model, path, format: str, *, batch_size: int | None = None, verify: b
             difference, relative = verify_artifact(model, staging, format, batches)
         _publish(staging, path, format)
     finally:
-        for leftover in _artifact_paths(staging, format):
+        for leftover in _artifact_paths(staging, format) + [staging + ".data"]:
             _remove(leftover)
     return ExportReport(path=path, format=format, backend=producer, method=route.method,
                         dynamic_batch=dynamic, batches=batches, max_difference=difference,
