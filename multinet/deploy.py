@@ -298,15 +298,12 @@ def _inline_external_data(path: str) -> None:
     import onnx
 
     folder = os.path.dirname(os.path.abspath(path))
-    graph_model = onnx.load(path)  # reads the external data too
-    external = {entry.value for tensor in graph_model.graph.initializer
+    graph_only = onnx.load(path, load_external_data=False)
+    external = {entry.value for tensor in graph_only.graph.initializer
                 for entry in tensor.external_data if entry.key == "location"}
     if not external:
         return
-    for tensor in graph_model.graph.initializer:
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    onnx.save(graph_model, path)
+    onnx.save(onnx.load(path), path)  # onnx.load reads the external data into the graph
     for name in external:
         os.remove(os.path.join(folder, name))
 
