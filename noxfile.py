@@ -11,7 +11,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "export"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = {
@@ -29,6 +29,11 @@ REFERENCES = {
     "jax": [],
     "torch": ["torchvision==0.28.0"],
 }
+
+# What `multinet.export` needs beside the backend: the runtimes that verify every
+# artifact (the `export` extra) and the exporters of the backend's own formats
+# (the `export-<backend>` extra; see docs/export.md).
+EXPORT_EXTRAS = {backend: ("test", "export", f"export-{backend}") for backend in BACKENDS}
 
 
 def install_backend(session: nox.Session, backend: str, *extras: str) -> None:
@@ -69,6 +74,23 @@ def parallel_args() -> list[str]:
     (so module-scoped models are built once); `-- -n 0` runs in one process."""
     workers = min(len(os.sched_getaffinity(0)), 4)
     return ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKENDS))
+def export(session: nox.Session, backend: str) -> None:
+    """The export matrix on one backend: nox -s "export(backend='jax')".
+
+    Every format and data format of the matrix models, each cell verified by
+    running the artifact in its runtime or a tested one-line error; writes
+    build/export_matrix/<backend>.json and checks it against docs/export_matrix/.
+    Nothing skips here: a missing exporter or runtime is a failure.
+    """
+    install_backend(session, backend, *EXPORT_EXTRAS[backend])
+    basetemp = os.path.join(session.create_tmp(), "pytest")
+    env = {**backend_env(session, backend), "MULTINET_EXPORT_REQUIRED": "1"}
+    session.run("pytest", f"--basetemp={basetemp}", "tests/test_export.py",
+                *session.posargs, env=env)
 
 
 @nox.session

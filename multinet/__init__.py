@@ -22,6 +22,7 @@ _BACKEND_PROBLEM = _backend_select.configure().problem
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "ExportError": "multinet.deploy",
     "Family": "multinet.registry",
     "LoadReport": "multinet.weights",
     "ModelSpec": "multinet.registry",
@@ -30,6 +31,7 @@ _EXPORTS = {
     "compile_inference": "multinet.backend",
     "create_model": "multinet.registry",
     "decode_predictions": "multinet.preprocessing",
+    "export": "multinet.deploy",
     "get_model_spec": "multinet.registry",
     "list_models": "multinet.registry",
     "load_image": "multinet.preprocessing",
@@ -37,7 +39,7 @@ _EXPORTS = {
     "model_info": "multinet.layers",
     "preprocess_input": "multinet.preprocessing",
 }
-_SUBMODULES = {"backend", "benchmark", "distribute", "layers", "models", "preprocessing",
+_SUBMODULES = {"backend", "benchmark", "deploy", "distribute", "layers", "models", "preprocessing",
                "registry", "weights"}
 
 __all__ = sorted([*_EXPORTS, "__version__", "layers", "models"])

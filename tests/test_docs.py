@@ -6,6 +6,7 @@ file in the published layout)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -158,3 +159,49 @@ def test_quick_start_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert asked == [("squeezenet1_1", "torchvision")]
     assert re.search(r"\[\[\('n02123045', 'tabby', ", printed), printed
+
+
+def export_matrix_generator():
+    spec = importlib.util.spec_from_file_location("gen_export_matrix",
+                                                  ROOT / "docs" / "gen_export_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_matrix_is_current():
+    """README's export matrix is the rendering of docs/export_matrix/*.json,
+    the results tests/test_export.py wrote in the export sessions."""
+    gen = export_matrix_generator()
+    results = gen.load_results()
+    assert sorted(results) == sorted(gen.BACKENDS)
+    for backend, data in results.items():
+        assert data["complete"] and data["backend"] == backend
+        cells = {f"{m}/{d}/{f}" for m in data["models"] for d in gen.DATA_FORMATS
+                 for f in gen.FORMATS}
+        assert set(data["cells"]) == cells, backend
+    text = README.read_text(encoding="utf-8")
+    assert text == gen.with_matrix(text, gen.render_matrix(results)), (
+        "README.md's export matrix differs from docs/export_matrix/: run "
+        "python docs/gen_export_matrix.py")
+
+
+def test_export_matrix_cells_render_what_the_results_say(tmp_path):
+    gen = export_matrix_generator()
+    ok = {"status": "verified", "method": "keras", "dynamic_batch": True}
+    data = {"keras": "3", "framework": "jax 0", "models": ["m"], "cells": {
+        "m/channels_last/onnx": ok, "m/channels_first/onnx": ok,
+        "m/channels_last/torch": {"status": "error", "reason": "torch backend only"},
+        "m/channels_first/torch": {**ok, "dynamic_batch": False, "method": "onnx+openvino"}}}
+    table = gen.render_matrix({"jax": data})
+    row = next(line for line in table.splitlines() if line.startswith("| jax |"))
+    cells = [c.strip() for c in row.split("|")[3:-1]]
+    assert cells[0] == "✅ dynamic batch"
+    assert cells[3] == "NHWC: ❌ torch backend only<br>NCHW: ✅ batch 1, onnx+openvino"
+    assert cells[1] == "not run"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{gen.START}\nold\n{gen.END}\nb\n")
+    (tmp_path / "jax.json").write_text(json.dumps(data))
+    assert gen.main(["--check", "--readme", str(readme), "--results", str(tmp_path)]) == 1
+    assert gen.main(["--readme", str(readme), "--results", str(tmp_path)]) == 0
+    assert "old" not in readme.read_text() and row in readme.read_text()

@@ -142,7 +142,10 @@ def test_create_model_defaults_to_random_weights(empty_offline_cache):
 
 # Modules that may import a framework, inside their functions only (never at
 # module level, so that importing multinet imports no other backend).
-LAZY_FRAMEWORK_IMPORTS = {"distribute.py"}  # each backend's data-parallel engine
+LAZY_FRAMEWORK_IMPORTS = {
+    "distribute.py",  # each backend's data-parallel engine
+    "deploy.py",  # each export format's own runtime and exporter
+}
 
 
 def _outside_functions(node):
@@ -171,3 +174,9 @@ def test_no_framework_imports_outside_the_backend_module():
                 if name.split(".")[0] in {"tensorflow", "jax", "jaxlib", "torch"}:
                     offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
     assert offenders == []
+
+
+def test_the_lazy_import_check_sees_module_level_imports():
+    tree = ast.parse("import torch\ndef f():\n    import jax\n")
+    imports = [n for n in _outside_functions(tree) if isinstance(n, ast.Import)]
+    assert [n.names[0].name for n in imports] == ["torch"]
