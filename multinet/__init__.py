@@ -30,15 +30,17 @@ _EXPORTS = {
     "compile_inference": "multinet.backend",
     "create_model": "multinet.registry",
     "decode_predictions": "multinet.preprocessing",
+    "evaluate": "multinet.training",
     "get_model_spec": "multinet.registry",
     "list_models": "multinet.registry",
     "load_image": "multinet.preprocessing",
     "load_weights": "multinet.weights",
     "model_info": "multinet.layers",
     "preprocess_input": "multinet.preprocessing",
+    "train": "multinet.training",
 }
 _SUBMODULES = {"backend", "benchmark", "distribute", "layers", "models", "preprocessing",
-               "registry", "weights"}
+               "registry", "training", "weights"}
 
 __all__ = sorted([*_EXPORTS, "__version__", "layers", "models"])
 
