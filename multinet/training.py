@@ -536,6 +536,7 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
     callbacks, given to both phases.
     """
     from multinet.layers import standardize_data_format
+    from multinet.registry import resolve_weights
 
     spec = _resolve_spec(model)
     try:
@@ -630,11 +631,13 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
         with engine.scope():
             net = build_model(spec, len(data.class_names), image_size, data_format,
                               head=head, weights=weights)
-    except Exception as error:
-        if type(error).__name__ == "WeightsLoadError":
-            raise TrainingError(f"{' '.join(str(error).split())} (is the file made for "
-                                f"another model?)") from None
-        raise
+    except ValueError as error:
+        if not pretrained or resolve_weights(spec, weights) is not None:
+            raise
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) < 240 else reason[:240].rsplit(";", 1)[0] + "; ..."
+        raise TrainingError(f"weights file {weights} does not fit {spec.name} without its "
+                            f"top (is it made for another model?): {reason}") from None
     finally:
         keras.config.set_dtype_policy(policy)
 
