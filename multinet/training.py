@@ -452,8 +452,11 @@ def build_model(spec, classes: int, image_size: int, data_format: str, *, head: 
     return keras.Model(inputs, outputs, name=f"{spec.name}_finetuned")
 
 
-def _compile(model, lr: float):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+def _compile(model, lr: float, steps: int):
+    """Adam whose learning rate falls from ``lr`` to 0 over ``steps`` along a
+    cosine (``keras.optimizers.schedules.CosineDecay``)."""
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
@@ -606,23 +609,6 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
     say = _say if chief else (lambda message: None)
     if skipped:
         say(f"warning: skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
-    backup_root = os.path.join(out, BACKUP_DIR)
-    fresh = not os.path.isdir(backup_root)
-    if chief:
-        os.makedirs(out, exist_ok=True)
-        _remove_partial_files(out)
-        if fresh:
-            for name in ("history.json", "best.weights.h5"):
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
-        write_json(os.path.join(out, "classes.json"), data.class_names)
-        write_json(os.path.join(out, "run.json"), {
-            "config": config, "finished": False, "classes": len(data.class_names),
-            "head": head, "preprocessing": preprocessing, "image_size": image_size,
-            "data_format": data_format, "model": spec.name})
-    history_path = os.path.join(out, "history.json")
-    history = [] if fresh or not os.path.exists(history_path) else read_json(history_path)
-
     keras.utils.set_random_seed(seed)
     policy = keras.config.dtype_policy()
     if mixed_precision:
@@ -640,6 +626,25 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
                             f"top (is it made for another model?): {reason}") from None
     finally:
         keras.config.set_dtype_policy(policy)
+
+    backup_root = os.path.join(out, BACKUP_DIR)
+    if force and chief:  # start over
+        shutil.rmtree(backup_root, ignore_errors=True)
+    fresh = not os.path.isdir(backup_root)
+    if chief:
+        os.makedirs(out, exist_ok=True)
+        _remove_partial_files(out)
+        if fresh:  # what an earlier training left
+            for name in ("history.json", "best.weights.h5", "last.keras", "curves.png"):
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+        write_json(os.path.join(out, "classes.json"), data.class_names)
+        write_json(os.path.join(out, "run.json"), {
+            "config": config, "finished": False, "classes": len(data.class_names),
+            "head": head, "preprocessing": preprocessing, "image_size": image_size,
+            "data_format": data_format, "model": spec.name})
+    history_path = os.path.join(out, "history.json")
+    history = [] if fresh or not os.path.exists(history_path) else read_json(history_path)
 
     train_batches = ImageBatches(
         [data.paths[i] for i in train_index], data.labels[train_index],
@@ -662,8 +667,9 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
             net.get_layer("backbone").trainable = phase == 2
             say(f"phase {phase}: {'the head alone' if phase == 1 else 'the whole model'}, "
                 f"epochs {1 if phase == 1 else head_epochs + 1}-{until}, learning rate {rate:g}")
+        first = 0 if phase == 1 else head_epochs
         with engine.scope():
-            _compile(net, rate)
+            _compile(net, rate, (until - first) * len(train_batches))
         backup = AtomicBackupAndRestore(os.path.join(backup_root, f"phase{phase}"),
                                         chief=chief)
         resume = backup.saved_epoch()
@@ -678,7 +684,7 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
             steps.append(EpochLines(say, epochs))
         net._initial_epoch = None  # set by a backup restored in the phase before
         engine.fit(net, train_batches, val_batches, epochs=until,
-                   initial_epoch=head_epochs if phase == 2 else 0,
+                   initial_epoch=first,
                    callbacks=steps, verbose=verbose)
     seconds = time.monotonic() - started
     best = max((h.get("val_accuracy", 0.0) for h in history), default=None)

@@ -65,7 +65,7 @@ def add_parser(commands, parents):
     p.add_argument("--val-split", type=fraction, default=0.2, metavar="F",
                    help="fraction of each class held out without DATA_DIR/val (default: 0.2)")
     p.add_argument("--lr", type=positive_float, default=1e-3, metavar="LR",
-                   help="Adam learning rate (default: 0.001)")
+                   help="Adam learning rate, decayed to 0 along a cosine (default: 0.001)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="two phases: the new head alone, then the whole model")
     p.add_argument("--head-epochs", type=positive_int, default=None, metavar="N",
@@ -88,7 +88,7 @@ def add_parser(commands, parents):
     p.add_argument("--data-format", choices=DATA_FORMATS, default=None,
                    help="the model's data format (default: keras.config.image_data_format())")
     p.add_argument("--force", action="store_true",
-                   help="replace what OUT holds (another or a finished training)")
+                   help="start over in OUT, replacing what it holds")
     p.add_argument("--json", action="store_true", help="write the summary as JSON to stdout")
     p.set_defaults(handler=run)
 
