@@ -327,6 +327,6 @@ def test_digits_reach_95_percent(tmp_path, capsys):
     assert folders == [str(d) for d in range(10)]
     assert sum(1 for _ in (tmp_path / "digits").rglob("*.png")) == 1797
     summary = training.train(tmp_path / "digits", "mobilenet_v3_small", tmp_path / "out",
-                             epochs=4, lr=2e-3, image_size=32, batch_size=32, augment=False,
+                             epochs=8, lr=2e-3, image_size=32, batch_size=32, augment=False,
                              verbose=0)
     assert summary["best_val_accuracy"] >= 0.95, summary
