@@ -61,7 +61,7 @@ def tests(session: nox.Session, backend: str) -> None:
     pytest empties it at the start of each run, and .ci/run deletes it with the
     environment.
     """
-    install_backend(session, backend, "test", "bench")
+    install_backend(session, backend, "test", "bench", "train")
     if REFERENCES[backend]:
         session.install(*REFERENCES[backend])
     basetemp = os.path.join(session.create_tmp(), "pytest")

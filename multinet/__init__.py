@@ -31,6 +31,7 @@ _EXPORTS = {
     "compile_inference": "multinet.backend",
     "create_model": "multinet.registry",
     "decode_predictions": "multinet.preprocessing",
+    "evaluate": "multinet.training",
     "export": "multinet.deploy",
     "get_model_spec": "multinet.registry",
     "list_models": "multinet.registry",
@@ -38,9 +39,10 @@ _EXPORTS = {
     "load_weights": "multinet.weights",
     "model_info": "multinet.layers",
     "preprocess_input": "multinet.preprocessing",
+    "train": "multinet.training",
 }
-_SUBMODULES = {"backend", "benchmark", "deploy", "distribute", "layers", "models", "preprocessing",
-               "registry", "weights"}
+_SUBMODULES = {"backend", "benchmark", "deploy", "distribute", "layers", "models",
+               "preprocessing", "registry", "training", "weights"}
 
 __all__ = sorted([*_EXPORTS, "__version__", "layers", "models"])
 

@@ -370,3 +370,36 @@ def run_demo(data_format: str | None = None, *, epochs: int = DEFAULT_EPOCHS,
         f"{accuracy:.2%}, weights round trip identical, "
         f"{'pretrained' if results['cat']['pretrained'] else 'random'} {model_name}.")
     return results
+
+
+def export_digits(folder, size: int = 32) -> int:
+    """Write the digits as PNG images, one subfolder per class (``0`` to
+    ``9``), upscaled to ``size`` x ``size`` pixels (bilinear): a ready folder
+    dataset for ``multinet train``. The images go to a temporary folder first,
+    renamed to ``folder`` when all are written; ``folder`` must not exist or be
+    empty. Returns the number of images."""
+    from PIL import Image
+
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise ValueError(f"--export-digits {folder} exists and is not an empty folder")
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    images, labels = load_digits()
+    staging = tempfile.mkdtemp(prefix=".partial-digits-", dir=parent)
+    try:
+        for index, (image, label) in enumerate(zip(images, labels)):
+            sub = os.path.join(staging, str(label))
+            os.makedirs(sub, exist_ok=True)
+            pixels = Image.fromarray(np.round(image * 255).astype("uint8"), mode="L")
+            pixels.resize((size, size), Image.BILINEAR).save(
+                os.path.join(sub, f"{index:04d}.png"))
+        if os.path.isdir(folder):
+            os.rmdir(folder)
+        os.replace(staging, folder)
+    finally:
+        if os.path.isdir(staging):
+            import shutil
+
+            shutil.rmtree(staging)
+    return len(images)

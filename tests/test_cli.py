@@ -263,7 +263,8 @@ def test_python_m_version_and_help(env, capsys):
     assert out.strip() == f"multinet {multinet.__version__} (Keras {keras.__version__})"
     status, out, _ = call(capsys, "--help")
     assert status == 0
-    for name in ("list", "info", "predict", "convert", "export", "bench", "doctor", "demo"):
+    for name in ("list", "info", "predict", "train", "evaluate", "convert", "export", "bench",
+                 "doctor", "demo"):
         assert re.search(rf"^\s+{name}\s+\S", out, re.M), name
 
 

@@ -23,12 +23,25 @@ def add_parser(commands, parents):
                    help="the model that classifies the cat (default: squeezenet1_1)")
     p.add_argument("--quick", action="store_true",
                    help="shorter speed measurement (training is the same)")
+    p.add_argument("--export-digits", default=None, metavar="DIR",
+                   help="instead: write the digits as PNG images in class subfolders of DIR "
+                        "(a dataset for 'multinet train') and exit")
+    p.add_argument("--export-size", type=positive_int, default=32, metavar="PX",
+                   help="size of the exported images (default: 32)")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from multinet import demo
 
+    if args.export_digits:
+        try:
+            count = demo.export_digits(args.export_digits, args.export_size)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        print(f"wrote {count} digit images ({args.export_size}x{args.export_size} PNG) in "
+              f"10 class folders under {args.export_digits}")
+        return 0
     kwargs = {"data_format": args.data_format, "quick": args.quick,
               "model_name": model_spec(args.model or demo.DEFAULT_MODEL).name}
     if args.epochs:

@@ -16,7 +16,8 @@ import sys
 import multinet
 from multinet.cli.common import CommandError, Parser, err, one_line
 
-COMMANDS = ("list", "info", "predict", "convert", "export", "bench", "doctor", "demo")
+COMMANDS = ("list", "info", "predict", "train", "evaluate", "convert", "export", "bench",
+            "doctor", "demo")
 _DEBUG_HELP = "show the full traceback when something fails"
 
 
