@@ -236,7 +236,6 @@ def test_bad_input_is_one_line_and_touches_nothing(trained, tmp_path, capsys, mo
         ([str(tmp_path / "missing")], "data folder not found"),
         ([str(data), "-w", str(wrong_weights)], "another model"),
         ([str(data), "--devices", "64"], "64 devices were asked for"),
-        ([str(data), "--devices", "2", "--distribute"], "not both"),
         ([str(data), "--batch-size", "500"], "larger than the"),
     ]
     common = ["-m", MODEL, "--out", str(out), "--epochs", "1", "--image-size", str(SIZE)]
