@@ -335,3 +335,22 @@ def test_digits_reach_95_percent(tmp_path, capsys):
                              epochs=8, lr=2e-3, image_size=32, batch_size=32, augment=False,
                              verbose=0)
     assert summary["best_val_accuracy"] >= 0.95, summary
+
+
+def test_mixed_precision_trains_in_float16_and_restores_the_policy(trained, tmp_path):
+    """--mixed-precision: the layers compute in float16 with float32 variables (Keras'
+    mixed_float16), the loss stays finite, the saved model keeps the policy, and the
+    global policy is float32 again afterwards."""
+    assert keras.config.dtype_policy().name == "float32"
+    summary = training.train(trained["data"], MODEL, tmp_path / "out", epochs=1,
+                             batch_size=16, image_size=SIZE, mixed_precision=True,
+                             augment=False, verbose=0)
+    assert keras.config.dtype_policy().name == "float32"
+    assert summary["best_val_accuracy"] is not None
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    model = keras.saving.load_model(tmp_path / "out" / "last.keras")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and {layer.dtype_policy.name for layer in convs} == {"mixed_float16"}
+    assert {layer.compute_dtype for layer in convs} == {"float16"}
+    assert {v.dtype for layer in convs for v in layer.weights} == {"float32"}
