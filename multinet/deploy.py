@@ -411,7 +411,10 @@ def run_artifact(path: str, format: str, x: np.ndarray) -> np.ndarray:
     if format == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: no notices on unused initializers
+        session = onnxruntime.InferenceSession(path, sess_options=options,
+                                               providers=["CPUExecutionProvider"])
         return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])
     if format == "openvino":
         import openvino as ov
