@@ -11,7 +11,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "export"]
+nox.options.sessions = ["lint", "tests", "export", "openvino"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = {
@@ -91,6 +91,22 @@ def export(session: nox.Session, backend: str) -> None:
     env = {**backend_env(session, backend), "MULTINET_EXPORT_REQUIRED": "1"}
     session.run("pytest", f"--basetemp={basetemp}", "tests/test_export.py",
                 *session.posargs, env=env)
+
+
+@nox.session
+def openvino(session: nox.Session) -> None:
+    """Keras' OpenVINO backend, inference only: nox -s openvino.
+
+    keras and openvino and no other framework: every registered model builds and
+    predicts in both data formats and gives the numbers the training backends
+    give (tests/data/backend_parity.npz); training is a one-line error.
+    """
+    session.install("-e", ".[openvino,test]")
+    basetemp = os.path.join(session.create_tmp(), "pytest")
+    workers = min(len(os.sched_getaffinity(0)), 4)
+    parallel = ["-n", str(workers), "--dist", "load"] if workers > 1 else []
+    session.run("pytest", f"--basetemp={basetemp}", *parallel, "tests/test_openvino.py",
+                *session.posargs, env=backend_env(session, "openvino"))
 
 
 @nox.session

@@ -19,8 +19,37 @@ DATA_FORMATS = (CHANNELS_LAST, CHANNELS_FIRST)
 
 
 def name() -> str:
-    """The Keras backend in use: ``"tensorflow"``, ``"jax"`` or ``"torch"``."""
+    """The Keras backend in use: ``"tensorflow"``, ``"jax"``, ``"torch"`` or
+    ``"openvino"`` (inference only)."""
     return keras.backend.backend()
+
+
+# Keras backends that run inference only: Keras' OpenVINO backend has no
+# ``fit``/``train_on_batch`` (and no gradients).
+INFERENCE_ONLY = ("openvino", "numpy")
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def can_train(backend: str | None = None) -> bool:
+    """Whether ``backend`` (default: the one in use) can train a model."""
+    return (backend or name()) not in INFERENCE_ONLY
+
+
+def cannot_train(what: str) -> str | None:
+    """None where the backend in use trains; else the one-line reason ``what``
+    cannot run, naming the backends that train."""
+    if can_train():
+        return None
+    return (f"{what} needs a backend that trains: the {name()} backend runs inference only; "
+            f"set KERAS_BACKEND to {', '.join(TRAINING_BACKENDS[:-1])} or "
+            f"{TRAINING_BACKENDS[-1]} to train")
+
+
+def require_training(what: str) -> None:
+    """Raise :func:`cannot_train`'s reason as a ``NotImplementedError``."""
+    reason = cannot_train(what)
+    if reason:
+        raise NotImplementedError(reason)
 
 
 @functools.cache
@@ -54,7 +83,8 @@ def gpu_devices() -> tuple[str, ...]:
 def framework_version() -> str:
     """Version string of the framework behind the current backend."""
     backend = name()
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch",
+              "openvino": "openvino", "numpy": "numpy"}.get(backend)
     if module is None:
         return "unknown"
     import importlib
@@ -308,6 +338,48 @@ def keras_jit_options():
         jax_trainer.jit = original
 
 
+class _OpenVINOFloat32:
+    """The ``openvino`` module, except that ``compile_model`` asks for float32."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, attr):
+        return getattr(self._module, attr)
+
+    def compile_model(self, model, device_name="AUTO", config=None):
+        config = {"INFERENCE_PRECISION_HINT": "f32", **(config or {})}
+        return self._module.compile_model(model, device_name, config)
+
+
+@contextlib.contextmanager
+def openvino_float32():
+    """Inside this context, the graph Keras' OpenVINO trainer compiles for
+    ``predict`` and ``evaluate`` computes in float32.
+
+    Keras compiles it with ``openvino.compile_model(model, "CPU")`` and no
+    precision hint, and on a CPU with bfloat16 units (AMX, AVX512-BF16)
+    OpenVINO then computes in bfloat16: outputs about 1e-2 off float32.
+    Keras' eager OpenVINO ops already ask for f32. A no-op off OpenVINO and
+    where Keras' trainer differs from what this expects.
+    """
+    if name() != "openvino":
+        yield
+        return
+    import openvino
+    from keras.src.backend.openvino import trainer as ov_trainer
+
+    original = getattr(ov_trainer, "ov", None)
+    if original is not openvino:
+        yield
+        return
+    ov_trainer.ov = _OpenVINOFloat32(original)
+    try:
+        yield
+    finally:
+        ov_trainer.ov = original
+
+
 def compile_inference(model: keras.Model):
     """A fast inference function for ``model``: ``forward(x) -> y``.
 
@@ -410,8 +482,28 @@ def channels_first_layer_norm(inputs, gamma, beta, epsilon: float):
     bias = None if beta is None else keras.ops.convert_to_tensor(beta)
     if any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
         return None
-    out = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, epsilon)
+    # int(): a constant for tracers too (Keras' ONNX export traces with
+    # torch.jit, whose ONNX converter rejects a traced size in normalized_shape).
+    out = F.layer_norm(x.permute(0, 2, 3, 1), (int(x.shape[1]),), weight, bias, epsilon)
     return out.permute(0, 3, 1, 2)
+
+
+def last_axis_layer_norm(inputs, gamma, beta, epsilon):
+    """LayerNorm over the last axis in one kernel on PyTorch, with a constant
+    normalized shape (Keras' own op passes the traced size, which
+    ``torch.onnx`` cannot export); None elsewhere, and for inputs or
+    ``gamma``/``beta`` other than float32 (Keras' op computes half precision in
+    float32)."""
+    if name() != "torch":
+        return None
+    import torch.nn.functional as F
+
+    x = keras.ops.convert_to_tensor(inputs)
+    weight = None if gamma is None else keras.ops.convert_to_tensor(gamma)
+    bias = None if beta is None else keras.ops.convert_to_tensor(beta)
+    if any(str(t.dtype) != "torch.float32" for t in (x, weight, bias) if t is not None):
+        return None
+    return F.layer_norm(x, (int(x.shape[-1]),), weight, bias, epsilon)
 
 
 def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_format,

@@ -202,7 +202,9 @@ class LayerNormalization(keras.layers.LayerNormalization):
     (``axis=1``), on every backend: Keras' PyTorch path hands any one axis to
     ``torch.nn.functional.layer_norm``, which normalizes trailing axes only.
 
-    Over the last axis it is Keras' layer; otherwise the mean and the
+    Over the last axis it is Keras' layer (on PyTorch, in float32, one
+    ``layer_norm`` call with a constant normalized shape, which ONNX export can
+    trace: ``backend.last_axis_layer_norm``); otherwise the mean and the
     (two-pass) variance are taken over ``axis`` with ``keras.ops``, and gamma
     and beta broadcast along it: no transpose of the batch (PyTorch: one
     ``layer_norm`` kernel on an NHWC view, ``backend.channels_first_layer_norm``). Weights are
@@ -212,6 +214,12 @@ class LayerNormalization(keras.layers.LayerNormalization):
     def call(self, inputs):
         axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
         axes = sorted(a % len(inputs.shape) for a in axes)
+        if axes == [len(inputs.shape) - 1] and not self.rms_scaling:
+            fused = backend.last_axis_layer_norm(
+                inputs, self.gamma if self.scale else None, self.beta if self.center else None,
+                self.epsilon)
+            if fused is not None:
+                return fused
         if axes == [len(inputs.shape) - 1] or self.rms_scaling:
             return super().call(inputs)
         if axes == [1] and not self.rms_scaling:
@@ -505,9 +513,26 @@ class Model(keras.Model):
     ``.keras`` files). The one difference: on JAX on a CPU, the steps Keras
     compiles for ``predict``, ``fit`` and ``evaluate`` get the XLA options of
     :func:`multinet.backend.xla_compiler_options`, as ``compile_inference`` does,
-    without any process-wide ``XLA_FLAGS``. Elsewhere it is a plain functional
-    model.
+    without any process-wide ``XLA_FLAGS``. On OpenVINO, ``predict`` computes in
+    float32 (:func:`multinet.backend.openvino_float32`; Keras' compile leaves
+    OpenVINO free to use bfloat16), and, as that backend runs inference
+    only, ``fit`` and ``train_on_batch`` raise a one-line
+    ``NotImplementedError`` that names the backends that train. Elsewhere it is
+    a plain functional model.
     """
+
+    def _get_compiled_model(self, data):
+        # Keras' OpenVINO trainer only: compile predict's graph in float32.
+        with backend.openvino_float32():
+            return super()._get_compiled_model(data)
+
+    def fit(self, *args, **kwargs):
+        backend.require_training("fit")
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        backend.require_training("train_on_batch")
+        return super().train_on_batch(*args, **kwargs)
 
     def make_predict_function(self, force=False):
         with backend.keras_jit_options():

@@ -41,6 +41,7 @@ import time
 import keras
 import numpy as np
 
+from multinet import backend as _backend
 from multinet import distribute
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -54,6 +55,14 @@ DEFAULT_FINE_TUNE_FACTOR = 0.1  # phase 2 learning rate = lr * this
 
 class TrainingError(ValueError):
     """Bad input to ``train`` or ``evaluate`` (one line)."""
+
+
+def _require_matplotlib(what: str) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise TrainingError(f"{what} is drawn with matplotlib, which is not installed: "
+                            f"pip install 'multinet-keras[train]'") from None
 
 
 # --- the data folder ----------------------------------------------------------------------
@@ -542,11 +551,10 @@ def train(data_dir, model: str, out, *, weights=None, epochs: int = 10,
     from multinet.registry import resolve_weights
 
     spec = _resolve_spec(model)
-    try:
-        import matplotlib  # noqa: F401  (curves.png, at the end)
-    except ImportError:
-        raise TrainingError("training draws curves.png with matplotlib, which is not "
-                            "installed: pip install 'multinet[train]'") from None
+    reason = _backend.cannot_train("training")
+    if reason:
+        raise TrainingError(reason)
+    _require_matplotlib("curves.png")
     data_format = standardize_data_format(data_format)
     image_size = image_size or spec.default_size
     if image_size < spec.min_size:
@@ -833,6 +841,8 @@ def evaluate(data_dir, model: str, weights, *, batch_size: int = 32,
     ``confusion_matrix`` (rows: true class); with ``plot``, the confusion
     matrix as a PNG there. See ``load_trained`` for how the classes, input
     size and preprocessing are known."""
+    if plot:
+        _require_matplotlib(f"the confusion matrix ({os.path.basename(os.fspath(plot))})")
     net, class_names, setup = load_trained(model, weights, data_dir=data_dir,
                                            image_size=image_size, data_format=data_format)
     folder = split_layout(data_dir)[1] or os.fspath(data_dir)

@@ -322,8 +322,12 @@ def test_the_commands_name_no_model_family():
 
 def test_list(env):
     out = ok(run(env, "list"))
-    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    table, footer = out.rstrip().split("\n\n")
+    rows = {line.split()[0]: line for line in table.splitlines()[2:]}
     assert sorted(rows) == multinet.list_models()
+    assert footer == ("Every model trains and predicts on tensorflow, jax, torch and predicts on "
+                      "openvino (inference only), in both data formats; this session: "
+                      f"{backend.name()}.")
     assert re.search(r"squeezenet\s+1,235,496\s+224x224\s+torchvision\*, keras-squeezenet$",
                      rows["squeezenet1_1"])
     assert re.search(r"vgg\s+138,357,544\s+224x224\s+keras\*, torchvision$", rows["vgg16"])
@@ -335,9 +339,11 @@ def test_list_json_and_patterns(offline, capsys):
     data = json.loads(out)
     assert [d["name"] for d in data] == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert data[2]["parameters"] == 138_357_544 and data[2]["default_weights"] == "keras"
+    assert data[2]["backends"] == {"train": ["tensorflow", "jax", "torch"],
+                                   "predict": ["tensorflow", "jax", "torch", "openvino"]}
     status, out, _ = call(capsys, "list", "squeeze")  # no wildcard: a substring
-    assert [line.split()[0] for line in out.splitlines()[2:]] == ["squeezenet1_0",
-                                                                  "squeezenet1_1"]
+    assert [line.split()[0] for line in out.split("\n\n")[0].splitlines()[2:]] == [
+        "squeezenet1_0", "squeezenet1_1"]
     fails_here(capsys, "list", "densenet*", contains=["no model matches 'densenet*'"])
 
 
@@ -674,12 +680,13 @@ def test_doctor(env, files, tmp_path):
     out = ok(run(dict(env, KERAS_HOME=str(home)), "doctor"))
     assert re.search(rf"^backend\s+{backend.name()} \S+ \(from KERAS_BACKEND\)", out, re.M)
     installed = re.search(r"^installed\s+(.*)$", out, re.M).group(1).split(", ")
-    assert len(installed) == len(BACKENDS)
-    for name, shown in zip(BACKENDS, installed):
+    assert len(installed) == len(BACKENDS) + 1
+    for name, shown in zip((*BACKENDS, "openvino"), installed):
         if importlib.util.find_spec(name) is None:
             assert shown == f"{name} (not installed)"
         else:
-            assert re.fullmatch(rf"{name} \d+\.\d+\S*", shown), shown
+            suffix = " \\(inference only\\)" if name == "openvino" else ""
+            assert re.fullmatch(rf"{name} \d+\.\d+\S*{suffix}", shown), shown
     assert f"{backend.name()} {backend.framework_version()}" in installed
     assert re.search(r"^devices\s+(CPU only|GPU)", out, re.M)
     assert f"channels_first (from {home / 'keras.json'})" in out

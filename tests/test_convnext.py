@@ -24,7 +24,7 @@ import pytest
 from references import rel_error, structured_images, write_legacy_h5
 
 import multinet
-from multinet import layers
+from multinet import backend, layers
 from multinet.weights import WeightsLoadError, loaded_weights
 from multinet.weights.keras_h5 import keras_layer_name, nested_layers
 from multinet.weights.torchvision import convert_module, group_modules
@@ -498,3 +498,28 @@ def test_grouped_conv2d_with_one_channel_per_group(data_format, rng):
                            x[..., 2:] @ pair_kernel[0, 0, :, 2:]], axis=-1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pairs(in_format(x, data_format))),
                                in_format(want, data_format), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_layer_norm_over_the_last_axis_is_keras_layer_norm(policy, rng):
+    """Over the last axis multinet's LayerNormalization gives Keras' numbers; on
+    PyTorch in float32 it is one layer_norm call with a constant normalized shape
+    (what torch.onnx can trace), and half precision takes Keras' path."""
+    x = rng.standard_normal((2, 3, 5, 8)).astype("float32") * 3 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 8), rng.standard_normal(8)
+    outputs = []
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        for layer in (layers.LayerNormalization(epsilon=1e-6),
+                      keras.layers.LayerNormalization(epsilon=1e-6)):
+            layer.build(x.shape)
+            layer.set_weights([gamma.astype("float32"), beta.astype("float32")])
+            outputs.append(np.asarray(keras.ops.convert_to_numpy(layer(x)), "float32"))
+        fused = backend.last_axis_layer_norm(keras.ops.convert_to_tensor(x), layer.gamma,
+                                             layer.beta, 1e-6)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5,
+                               atol=1e-5 if policy == "float32" else 2e-3)
+    assert (fused is not None) == (backend.name() == "torch")

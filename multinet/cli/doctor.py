@@ -11,6 +11,9 @@ import multinet
 from multinet import backend_select
 from multinet.cli.common import err, human_size
 
+# The Keras backends multinet runs on: three that train, and OpenVINO for inference.
+DOCTOR_BACKENDS = ("tensorflow", "jax", "torch", "openvino")
+
 
 def add_parser(commands, parents):
     p = commands.add_parser(
@@ -60,16 +63,18 @@ def run(args) -> int:
     from multinet.weights import cache_dir
 
     choice = backend_select.CHOICE or backend_select.resolve()
+    inference_only = "" if backend.can_train() else ", inference only"
     rows = [
         ("multinet", f"{multinet.__version__} ({Path(multinet.__file__).parent})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("keras", keras.__version__),
         ("backend", f"{backend.name()} {backend.framework_version()} "
-                    f"(from {choice.describe_source()})"),
+                    f"(from {choice.describe_source()}{inference_only})"),
     ]
-    installed = backend_select.installed_backends()
+    installed = backend_select.installed_backends(DOCTOR_BACKENDS)
     rows.append(("installed", ", ".join(
-        f"{name} {version}" if version else f"{name} (not installed)"
+        (f"{name} {version}" if version else f"{name} (not installed)")
+        + ("" if backend.can_train(name) or not version else " (inference only)")
         for name, version in installed.items())))
     gpus = backend.gpu_devices()
     rows.append(("devices", ", ".join(f"GPU {g}" for g in gpus) if gpus else

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 
 import multinet
+from multinet import backend
+from multinet.backend import TRAINING_BACKENDS
 from multinet.cli.common import CommandError, entry_label, print_json, table
 
 
@@ -35,9 +37,14 @@ def run(args) -> int:
             "name": s.name, "family": s.family.name, "parameters": s.num_params,
             "default_size": s.default_size, "min_size": s.min_size,
             "weights": [w.name for w in s.weights], "default_weights": s.default_weights,
+            "backends": {"train": list(TRAINING_BACKENDS),
+                         "predict": [*TRAINING_BACKENDS, "openvino"]},
         } for s in specs])
         return 0
     rows = [[s.name, s.family.name, f"{s.num_params:,}", f"{s.default_size}x{s.default_size}",
              ", ".join(entry_label(s, w) for w in s.weights) or "-"] for s in specs]
     print(table(rows, ["name", "family", "parameters", "input", "weights (* = imagenet)"]))
+    print(f"\nEvery model trains and predicts on {', '.join(TRAINING_BACKENDS)} and predicts "
+          f"on openvino (inference only), in both data formats; this session: "
+          f"{backend.name()}.")
     return 0

@@ -94,10 +94,13 @@ def add_parser(commands, parents):
 
 
 def run(args) -> int:
-    from multinet import distribute, training
+    from multinet import backend, distribute, training
     from multinet.cli.common import print_json
 
     spec = model_spec(args.model)
+    reason = backend.cannot_train("multinet train")
+    if reason:
+        raise CommandError(reason)
     try:
         n = distribute.resolve_devices(args.devices, args.distribute,
                                        batch_size=args.batch_size)

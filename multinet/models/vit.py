@@ -209,7 +209,7 @@ class TokenPooling(keras.layers.Layer):
 
 
 def _layer_norm(name):
-    return keras.layers.LayerNormalization(epsilon=LN_EPSILON, name=name)
+    return layers.LayerNormalization(epsilon=LN_EPSILON, name=name)
 
 
 def encoder_block(x, num_heads, mlp_size, name):
