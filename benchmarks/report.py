@@ -4,7 +4,9 @@
     python benchmarks/report.py --results DIR --out DIR
 
 Writes ``report.md`` (one row per multinet figure: img/s, native PyTorch
-img/s from the same run and their ratio) and ``report.png`` (the ratios).
+img/s from the same run and their ratio; where the run timed exported artifacts
+in onnxruntime or OpenVINO, a table of which deployment is fastest) and
+``report.png`` (the ratios).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ HERE = Path(__file__).resolve().parent
 TASK_ORDER = {"latency": 0, "throughput": 1, "train": 2}
 BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
 COLORS = {"tensorflow": "tab:orange", "jax": "tab:green", "torch": "tab:red"}
+CALL_ORDER = {"compiled": 0, "predict": 1, "onnxruntime": 2, "openvino": 3}
+DEPLOYED = ("onnxruntime", "openvino")
+SHORT_FORMAT = {"channels_last": "NHWC", "channels_first": "NCHW"}
 
 
 def load(results_dir: Path) -> list[dict]:
@@ -39,7 +44,7 @@ def rows(runs: list[dict]) -> list[dict]:
             out.append({**result, "backend": run["environment"]["backend"]})
     out.sort(key=lambda r: (BACKEND_ORDER.get(r["backend"], 9), r["model"],
                             TASK_ORDER.get(r.get("bench_task"), 9), r["dtype"] != "float32",
-                            r["dtype"], r["call"] != "compiled", r["data_format"]))
+                            r["dtype"], CALL_ORDER.get(r["call"], 9), r["data_format"]))
     return out
 
 
@@ -89,6 +94,23 @@ def machine_peaks(runs: list[dict]) -> list[str]:
     return lines
 
 
+def runtimes(runs: list[dict]) -> list[str]:
+    """One line per run that timed exported artifacts: each runtime's version and threads."""
+    lines = []
+    for run in runs:
+        seen = {}
+        for r in run["results"]:
+            if r.get("call") in DEPLOYED and r.get("runtime_version"):
+                threads = r.get("runtime_threads")
+                plural = "" if threads == 1 else "s"
+                seen.setdefault(r["call"], f"{r['call']} {r['runtime_version']}"
+                                + (f" ({threads} thread{plural})" if threads else ""))
+        if seen:
+            lines.append(f"- {run['environment']['backend']} run: exported with "
+                         f"multinet.export, run in " + ", ".join(seen.values()))
+    return lines
+
+
 def merged_csv(results_dir: Path, path: Path) -> Path | None:
     """Every ``<backend>.csv`` in ``results_dir`` as one CSV (one header)."""
     header, body = None, []
@@ -116,6 +138,7 @@ def markdown(runs: list[dict]) -> str:
             f"{run['native_baseline']}; `{run['command']}` ({run['wall_s']} s, "
             f"{run['created']})")
     lines += machine_peaks(runs)
+    lines += runtimes(runs)
     lines += [
         "",
         "| backend | model | task | batch | format | dtype | call | img/s (min-max) "
@@ -141,8 +164,8 @@ def markdown(runs: list[dict]) -> str:
     if unsupported:
         lines.append("")
         for r in unsupported:
-            lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']}: "
-                         f"{r['status']}: {r.get('error', '')}")
+            lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']} "
+                         f"{r['call']}: {r['status']}: {r.get('error', '')}")
     return "\n".join(lines) + "\n"
 
 
@@ -197,6 +220,52 @@ def summary(runs: list[dict], dtype: str = "float32") -> str:
         native_text = ", ".join(dict.fromkeys(natives)) or "n/a"
         lines.append(f"| {model} | {task} | {batch} | {call} | {native_text} | "
                      + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def deployment(runs: list[dict]) -> str:
+    """Which deployment is fastest: one row per backend, model, batch and data
+    format of the float32 throughput task where the run timed an exported
+    artifact; one column per call path, each "img/s (ratio to native)", and the
+    fastest by ratio to native PyTorch eager (timed in the same rounds), native
+    included. Empty where no run timed an exported artifact."""
+    data = [r for r in rows(runs) if r["dtype"] == "float32"
+            and r.get("bench_task", r["task"]) == "throughput"]
+    groups = {}
+    for r in data:
+        key = (r["backend"], r["model"], r["batch_size"], r["data_format"])
+        groups.setdefault(key, {})[r["call"]] = r
+    groups = {k: v for k, v in groups.items() if any(c in v for c in DEPLOYED)}
+    if not groups:
+        return ""
+    calls = [c for c in CALL_ORDER if any(c in g for g in groups.values())]
+    lines = [
+        "| backend | model | batch | format | native img/s | " + " | ".join(calls)
+        + " | fastest |",
+        "|---|---|---|---|---|" + "---|" * len(calls) + "---|",
+    ]
+    for (backend_name, model, batch, data_format), by_call in groups.items():
+        cells, ratios = [], {}
+        natives = [r.get("native_images_per_s") for r in by_call.values()]
+        native = next((n for n in natives if n is not None), None)
+        if native is not None:
+            ratios["native eager"] = 1.0
+        for call in calls:
+            r = by_call.get(call)
+            if r is None:
+                cells.append("")
+            elif r.get("status") != "ok":
+                cells.append(r.get("status", "error"))
+            else:
+                ratio = r.get("ratio_to_native")
+                cells.append(f"{_fmt(r['images_per_s'])}"
+                             + ("" if ratio is None else f" ({ratio:.2f}x)"))
+                if ratio is not None:
+                    ratios[call] = ratio
+        fastest = max(ratios, key=ratios.get) if len(ratios) > 1 else "n/a"
+        lines.append(f"| {backend_name} | {model} | {batch} | "
+                     f"{SHORT_FORMAT.get(data_format, data_format)} | {_fmt(native)} | "
+                     + " | ".join(cells) + f" | {fastest} |")
     return "\n".join(lines) + "\n"
 
 
@@ -258,8 +327,13 @@ def main(argv=None) -> tuple[Path, Path]:
         raise SystemExit(f"no result files in {results_dir}")
     out.mkdir(parents=True, exist_ok=True)
     md_path = out / "report.md"
+    deployed = deployment(runs)
+    if deployed:
+        deployed = ("## Which deployment is fastest: img/s (ratio to native PyTorch eager "
+                    "in the same rounds), float32 throughput\n\n" + deployed + "\n")
     md_path.write_text(
-        "## float32 summary: multinet img/s (ratio to native PyTorch on every core; "
+        deployed
+        + "## float32 summary: multinet img/s (ratio to native PyTorch on every core; "
         "ratio to native on one thread, where measured)\n\n"
         + summary(runs) + "\n## Every result\n\n" + markdown(runs), encoding="utf-8")
     png_path = chart(runs, out / "report.png")
