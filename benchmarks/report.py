@@ -2,11 +2,14 @@
 
     python benchmarks/report.py                       # benchmarks/results/*.json
     python benchmarks/report.py --results DIR --out DIR
+    python benchmarks/report.py --results benchmarks/results/deployed --readme README.md
 
 Writes ``report.md`` (one row per multinet figure: img/s, native PyTorch
 img/s from the same run and their ratio; where the run timed exported artifacts
 in onnxruntime or OpenVINO, a table of which deployment is fastest) and
-``report.png`` (the ratios).
+``report.png`` (the ratios). ``--readme`` instead rewrites the deployment
+table of a README between its ``<!-- deployment:start -->`` and
+``<!-- deployment:end -->`` markers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ COLORS = {"tensorflow": "tab:orange", "jax": "tab:green", "torch": "tab:red"}
 CALL_ORDER = {"compiled": 0, "predict": 1, "onnxruntime": 2, "openvino": 3}
 DEPLOYED = ("onnxruntime", "openvino")
 SHORT_FORMAT = {"channels_last": "NHWC", "channels_first": "NCHW"}
+README_START = "<!-- deployment:start -->"
+README_END = "<!-- deployment:end -->"
 
 
 def load(results_dir: Path) -> list[dict]:
@@ -269,6 +274,43 @@ def deployment(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(runs: list[dict], results: str) -> str:
+    """The README's deployment table (:func:`deployment`) with where and how it was
+    measured, between the markers; ``results`` names the results folder."""
+    lines = [README_START,
+             f"<!-- generated from {results}/*.json by python benchmarks/report.py "
+             f"--results {results} --readme README.md: do not edit -->", "",
+             deployment(runs).rstrip("\n"), ""]
+    for run in runs:
+        env = run["environment"]
+        versions = {}
+        for r in run["results"]:
+            if r.get("call") in DEPLOYED and r.get("runtime_version"):
+                versions.setdefault(r["call"], (r["runtime_version"], r.get("runtime_threads")))
+        natives = {r.get("threads") for r in run["results"]
+                   if r.get("implementation") == "torch_eager"}
+        runtimes_text = ", ".join(
+            f"{call} {version}" + (f" on {threads} threads" if threads else "")
+            for call, (version, threads) in versions.items())
+        native_text = (f"native PyTorch eager on {natives.pop()} threads"
+                       if len(natives) == 1 else "native PyTorch eager")
+        lines.append(
+            f"{env['backend']} backend ({env['framework_version']}, Keras "
+            f"{env['keras_version']}), {runtimes_text}, {native_text}; {env['cpu']}, "
+            f"{env['cpu_count']} cores, 1-minute load average {env.get('load_average_1min')} "
+            f"at the end of the run ({run['created'][:10]}, {run['wall_s']:.0f} s): "
+            f"`{run['command']}`")
+    return "\n".join([*lines, "", README_END])
+
+
+def with_readme_block(text: str, block: str) -> str:
+    """``text`` with what lies between the deployment markers replaced by ``block``."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {README_START} ... {README_END} block")
+    return text[:start] + block + text[end + len(README_END):]
+
+
 def chart(runs: list[dict], path: Path) -> Path:
     import matplotlib
 
@@ -319,12 +361,27 @@ def main(argv=None) -> tuple[Path, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--out", default=None, help="defaults to --results")
+    parser.add_argument("--readme", default=None,
+                        help="only rewrite this file's deployment table (between "
+                             f"{README_START} and {README_END}) from --results")
     args = parser.parse_args(argv)
     results_dir = Path(args.results)
     out = Path(args.out or results_dir)
     runs = load(results_dir)
     if not runs:
         raise SystemExit(f"no result files in {results_dir}")
+    if args.readme:
+        readme = Path(args.readme)
+        if not deployment(runs):
+            raise SystemExit(f"no onnxruntime or openvino results in {results_dir}")
+        try:
+            text = with_readme_block(readme.read_text(encoding="utf-8"),
+                                     readme_block(runs, _relative(results_dir)))
+        except ValueError as exc:
+            raise SystemExit(f"{readme}: {exc}") from None
+        readme.write_text(text, encoding="utf-8")
+        print(f"wrote the deployment table of {readme}", file=sys.stderr)
+        return readme, readme
     out.mkdir(parents=True, exist_ok=True)
     md_path = out / "report.md"
     deployed = deployment(runs)
@@ -340,6 +397,14 @@ def main(argv=None) -> tuple[Path, Path]:
     merged_csv(results_dir, out / "results.csv")
     print(f"wrote {md_path} and {png_path}", file=sys.stderr)
     return md_path, png_path
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository root where it lies inside it."""
+    try:
+        return path.resolve().relative_to(HERE.parent).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 if __name__ == "__main__":

@@ -368,6 +368,17 @@ def test_deployed_calls_time_exported_artifacts(tmp_path, monkeypatch):
     assert f"| {backend.name()} | squeezenet1_1 | throughput | 2 | channels_last | float32 " \
            f"| onnxruntime |" in every
 
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{report.README_START}\nold\n{report.README_END}\nb\n")
+    report.main(["--results", str(out), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith(f"a\n{report.README_START}\n") and text.endswith(
+        f"{report.README_END}\nb\n")
+    assert "old" not in text and table in text and data["command"] in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- deployment:start -->"):
+        report.main(["--results", str(out), "--readme", str(readme)])
+
 
 def test_missing_runtime_or_exporter_is_unsupported(tmp_path, monkeypatch):
     """No onnxruntime or OpenVINO: those rows say so in one line, the rest runs."""
