@@ -303,7 +303,7 @@ def _deployed_skip_reason():
     return None
 
 
-def test_deployed_calls_time_exported_artifacts(tmp_path, monkeypatch):
+def test_deployed_calls_time_exported_artifacts(tmp_path, monkeypatch, numpy_initial_weights):
     """--calls onnxruntime,openvino: the model exported in each data format, run in
     its runtime on the harness' threads, timed in the same rounds as the native
     baseline; the artifacts are gone afterwards. Also collected by the export
@@ -324,7 +324,10 @@ def test_deployed_calls_time_exported_artifacts(tmp_path, monkeypatch):
     out = tmp_path / "out"
     path = run.main(["--quick", "--out", str(out), "--tasks", "throughput",
                      "--dtypes", "float32", "--calls", "onnxruntime,openvino", "--no-peak"])
-    assert list(scratch.iterdir()) == []  # every artifact and the run's folder removed
+    # The run's folder and every artifact are gone (other libraries' own temporary
+    # files, such as TensorFlow's generated code, may remain).
+    assert not list(scratch.glob("multinet-bench-*"))
+    assert not [f for f in scratch.rglob("*") if f.suffix in (".onnx", ".xml", ".bin")]
     data = json.loads(path.read_text(encoding="utf-8"))
     ours = [r for r in data["results"] if r["implementation"] == "multinet"]
     seen = sorted((r["call"], r["data_format"]) for r in ours)
