@@ -84,13 +84,22 @@ def export(session: nox.Session, backend: str) -> None:
     Every format and data format of the matrix models, each cell verified by
     running the artifact in its runtime or a tested one-line error; writes
     build/export_matrix/<backend>.json and checks it against docs/export_matrix/.
-    Nothing skips here: a missing exporter or runtime is a failure.
+    Also the benchmark harness' onnxruntime and openvino call paths, whose
+    runtimes only this session installs. Nothing skips here: a missing exporter
+    or runtime is a failure.
     """
     install_backend(session, backend, *EXPORT_EXTRAS[backend])
     basetemp = os.path.join(session.create_tmp(), "pytest")
     env = {**backend_env(session, backend), "MULTINET_EXPORT_REQUIRED": "1"}
-    session.run("pytest", f"--basetemp={basetemp}", "tests/test_export.py",
+    session.run("pytest", f"--basetemp={basetemp}", "tests/test_export.py", *DEPLOYED_BENCH_TESTS,
                 *session.posargs, env=env)
+
+
+# The harness' deployed call paths (benchmarks/deployed.py), run where the runtimes are.
+DEPLOYED_BENCH_TESTS = (
+    "tests/test_benchmarks.py::test_deployed_calls_time_exported_artifacts",
+    "tests/test_benchmarks.py::test_missing_runtime_or_exporter_is_unsupported",
+)
 
 
 @nox.session
@@ -120,13 +129,28 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session, backend: str) -> None:
     """Benchmarks against native PyTorch: nox -s "bench(backend='jax')" [-- --quick].
 
-    Installs torch==2.13.0 next to the backend for the native baseline, writes
-    benchmarks/results/<backend>.json and renders benchmarks/results/report.{md,png}
-    from every result file there. Arguments after -- go to benchmarks/run.py.
+    Installs torch==2.13.0 next to the backend for the native baseline and the
+    export extras of the backend (onnxruntime and OpenVINO for `--calls
+    onnxruntime,openvino`), writes <out>/<backend>.json (default
+    benchmarks/results) and renders <out>/report.{md,png} from every result file
+    there. Arguments after -- go to benchmarks/run.py.
     """
-    install_backend(session, backend, "bench")
+    install_backend(session, backend, "bench", "export", f"export-{backend}")
     # The native baseline: torch (the CPU build) and torchvision's model code.
     session.install(*BACKENDS["torch"], *REFERENCES["torch"])
     env = backend_env(session, backend)
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
-    session.run("python", "benchmarks/report.py", env=env)
+    out = option_value(session.posargs, "--out")
+    session.run("python", "benchmarks/report.py", *(["--results", out] if out else []),
+                env=env)
+
+
+def option_value(args: list[str], name: str) -> str | None:
+    """The value of ``name VALUE`` or ``name=VALUE`` in ``args`` (the last one), or None."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1:]
+    return value

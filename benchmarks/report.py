@@ -2,9 +2,14 @@
 
     python benchmarks/report.py                       # benchmarks/results/*.json
     python benchmarks/report.py --results DIR --out DIR
+    python benchmarks/report.py --results benchmarks/results/deployed --readme README.md
 
 Writes ``report.md`` (one row per multinet figure: img/s, native PyTorch
-img/s from the same run and their ratio) and ``report.png`` (the ratios).
+img/s from the same run and their ratio; where the run timed exported artifacts
+in onnxruntime or OpenVINO, a table of which deployment is fastest) and
+``report.png`` (the ratios). ``--readme`` instead rewrites the deployment
+table of a README between its ``<!-- deployment:start -->`` and
+``<!-- deployment:end -->`` markers.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ HERE = Path(__file__).resolve().parent
 TASK_ORDER = {"latency": 0, "throughput": 1, "train": 2}
 BACKEND_ORDER = {"tensorflow": 0, "jax": 1, "torch": 2}
 COLORS = {"tensorflow": "tab:orange", "jax": "tab:green", "torch": "tab:red"}
+CALL_ORDER = {"compiled": 0, "predict": 1, "onnxruntime": 2, "openvino": 3}
+DEPLOYED = ("onnxruntime", "openvino")
+SHORT_FORMAT = {"channels_last": "NHWC", "channels_first": "NCHW"}
+README_START = "<!-- deployment:start -->"
+README_END = "<!-- deployment:end -->"
 
 
 def load(results_dir: Path) -> list[dict]:
@@ -39,7 +49,7 @@ def rows(runs: list[dict]) -> list[dict]:
             out.append({**result, "backend": run["environment"]["backend"]})
     out.sort(key=lambda r: (BACKEND_ORDER.get(r["backend"], 9), r["model"],
                             TASK_ORDER.get(r.get("bench_task"), 9), r["dtype"] != "float32",
-                            r["dtype"], r["call"] != "compiled", r["data_format"]))
+                            r["dtype"], CALL_ORDER.get(r["call"], 9), r["data_format"]))
     return out
 
 
@@ -89,6 +99,23 @@ def machine_peaks(runs: list[dict]) -> list[str]:
     return lines
 
 
+def runtimes(runs: list[dict]) -> list[str]:
+    """One line per run that timed exported artifacts: each runtime's version and threads."""
+    lines = []
+    for run in runs:
+        seen = {}
+        for r in run["results"]:
+            if r.get("call") in DEPLOYED and r.get("runtime_version"):
+                threads = r.get("runtime_threads")
+                plural = "" if threads == 1 else "s"
+                seen.setdefault(r["call"], f"{r['call']} {r['runtime_version']}"
+                                + (f" ({threads} thread{plural})" if threads else ""))
+        if seen:
+            lines.append(f"- {run['environment']['backend']} run: exported with "
+                         f"multinet.export, run in " + ", ".join(seen.values()))
+    return lines
+
+
 def merged_csv(results_dir: Path, path: Path) -> Path | None:
     """Every ``<backend>.csv`` in ``results_dir`` as one CSV (one header)."""
     header, body = None, []
@@ -116,6 +143,7 @@ def markdown(runs: list[dict]) -> str:
             f"{run['native_baseline']}; `{run['command']}` ({run['wall_s']} s, "
             f"{run['created']})")
     lines += machine_peaks(runs)
+    lines += runtimes(runs)
     lines += [
         "",
         "| backend | model | task | batch | format | dtype | call | img/s (min-max) "
@@ -141,8 +169,8 @@ def markdown(runs: list[dict]) -> str:
     if unsupported:
         lines.append("")
         for r in unsupported:
-            lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']}: "
-                         f"{r['status']}: {r.get('error', '')}")
+            lines.append(f"- {r['backend']} {r['model']} {r['dtype']} {r['data_format']} "
+                         f"{r['call']}: {r['status']}: {r.get('error', '')}")
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +228,89 @@ def summary(runs: list[dict], dtype: str = "float32") -> str:
     return "\n".join(lines) + "\n"
 
 
+def deployment(runs: list[dict]) -> str:
+    """Which deployment is fastest: one row per backend, model, batch and data
+    format of the float32 throughput task where the run timed an exported
+    artifact; one column per call path, each "img/s (ratio to native)", and the
+    fastest by ratio to native PyTorch eager (timed in the same rounds), native
+    included. Empty where no run timed an exported artifact."""
+    data = [r for r in rows(runs) if r["dtype"] == "float32"
+            and r.get("bench_task", r["task"]) == "throughput"]
+    groups = {}
+    for r in data:
+        key = (r["backend"], r["model"], r["batch_size"], r["data_format"])
+        groups.setdefault(key, {})[r["call"]] = r
+    groups = {k: v for k, v in groups.items() if any(c in v for c in DEPLOYED)}
+    if not groups:
+        return ""
+    calls = [c for c in CALL_ORDER if any(c in g for g in groups.values())]
+    lines = [
+        "| backend | model | batch | format | native img/s | " + " | ".join(calls)
+        + " | fastest |",
+        "|---|---|---|---|---|" + "---|" * len(calls) + "---|",
+    ]
+    for (backend_name, model, batch, data_format), by_call in groups.items():
+        cells, ratios = [], {}
+        natives = [r.get("native_images_per_s") for r in by_call.values()]
+        native = next((n for n in natives if n is not None), None)
+        if native is not None:
+            ratios["native eager"] = 1.0
+        for call in calls:
+            r = by_call.get(call)
+            if r is None:
+                cells.append("")
+            elif r.get("status") != "ok":
+                cells.append(r.get("status", "error"))
+            else:
+                ratio = r.get("ratio_to_native")
+                cells.append(f"{_fmt(r['images_per_s'])}"
+                             + ("" if ratio is None else f" ({ratio:.2f}x)"))
+                if ratio is not None:
+                    ratios[call] = ratio
+        fastest = max(ratios, key=ratios.get) if len(ratios) > 1 else "n/a"
+        lines.append(f"| {backend_name} | {model} | {batch} | "
+                     f"{SHORT_FORMAT.get(data_format, data_format)} | {_fmt(native)} | "
+                     + " | ".join(cells) + f" | {fastest} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(runs: list[dict], results: str) -> str:
+    """The README's deployment table (:func:`deployment`) with where and how it was
+    measured, between the markers; ``results`` names the results folder."""
+    lines = [README_START,
+             f"<!-- generated from {results}/*.json by python benchmarks/report.py "
+             f"--results {results} --readme README.md: do not edit -->", "",
+             deployment(runs).rstrip("\n"), ""]
+    for run in runs:
+        env = run["environment"]
+        versions = {}
+        for r in run["results"]:
+            if r.get("call") in DEPLOYED and r.get("runtime_version"):
+                versions.setdefault(r["call"], (r["runtime_version"], r.get("runtime_threads")))
+        natives = {r.get("threads") for r in run["results"]
+                   if r.get("implementation") == "torch_eager"}
+        runtimes_text = ", ".join(
+            f"{call} {version}" + (f" on {threads} threads" if threads else "")
+            for call, (version, threads) in versions.items())
+        native_text = (f"native PyTorch eager on {natives.pop()} threads"
+                       if len(natives) == 1 else "native PyTorch eager")
+        lines.append(
+            f"{env['backend']} backend ({env['framework_version']}, Keras "
+            f"{env['keras_version']}), {runtimes_text}, {native_text}; {env['cpu']}, "
+            f"{env['cpu_count']} cores, 1-minute load average {env.get('load_average_1min')} "
+            f"at the end of the run ({run['created'][:10]}, {run['wall_s']:.0f} s): "
+            f"`{run['command']}`")
+    return "\n".join([*lines, "", README_END])
+
+
+def with_readme_block(text: str, block: str) -> str:
+    """``text`` with what lies between the deployment markers replaced by ``block``."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {README_START} ... {README_END} block")
+    return text[:start] + block + text[end + len(README_END):]
+
+
 def chart(runs: list[dict], path: Path) -> Path:
     import matplotlib
 
@@ -250,22 +361,50 @@ def main(argv=None) -> tuple[Path, Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(HERE / "results"))
     parser.add_argument("--out", default=None, help="defaults to --results")
+    parser.add_argument("--readme", default=None,
+                        help="only rewrite this file's deployment table (between "
+                             f"{README_START} and {README_END}) from --results")
     args = parser.parse_args(argv)
     results_dir = Path(args.results)
     out = Path(args.out or results_dir)
     runs = load(results_dir)
     if not runs:
         raise SystemExit(f"no result files in {results_dir}")
+    if args.readme:
+        readme = Path(args.readme)
+        if not deployment(runs):
+            raise SystemExit(f"no onnxruntime or openvino results in {results_dir}")
+        try:
+            text = with_readme_block(readme.read_text(encoding="utf-8"),
+                                     readme_block(runs, _relative(results_dir)))
+        except ValueError as exc:
+            raise SystemExit(f"{readme}: {exc}") from None
+        readme.write_text(text, encoding="utf-8")
+        print(f"wrote the deployment table of {readme}", file=sys.stderr)
+        return readme, readme
     out.mkdir(parents=True, exist_ok=True)
     md_path = out / "report.md"
+    deployed = deployment(runs)
+    if deployed:
+        deployed = ("## Which deployment is fastest: img/s (ratio to native PyTorch eager "
+                    "in the same rounds), float32 throughput\n\n" + deployed + "\n")
     md_path.write_text(
-        "## float32 summary: multinet img/s (ratio to native PyTorch on every core; "
+        deployed
+        + "## float32 summary: multinet img/s (ratio to native PyTorch on every core; "
         "ratio to native on one thread, where measured)\n\n"
         + summary(runs) + "\n## Every result\n\n" + markdown(runs), encoding="utf-8")
     png_path = chart(runs, out / "report.png")
     merged_csv(results_dir, out / "results.csv")
     print(f"wrote {md_path} and {png_path}", file=sys.stderr)
     return md_path, png_path
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository root where it lies inside it."""
+    try:
+        return path.resolve().relative_to(HERE.parent).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ PyTorch figure for the same model, task, batch and dtype measured in the same
 process, and their ratio. ``benchmarks/report.py`` turns the result files
 into a markdown table and a chart. Without PyTorch installed the native
 baseline is recorded as unavailable and the ratios are null.
+
+``--calls onnxruntime,openvino`` also times the model exported with
+``multinet.export`` and run in onnxruntime or OpenVINO (``benchmarks/deployed.py``)
+in the same interleaved rounds, so it gets a ratio to native PyTorch too.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import deployed  # noqa: E402
 import keras  # noqa: E402
 import memory  # noqa: E402
 import native  # noqa: E402
@@ -49,7 +55,8 @@ MODELS = ("squeezenet1_0", "squeezenet1_1", "vgg16", "resnet50", "mobilenet_v3_l
 FORMATS = ("channels_last", "channels_first")
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 TASKS = ("latency", "throughput", "train")
-CALLS = ("compiled", "predict")
+CALLS = ("compiled", "predict", *deployed.CALLS)
+DEFAULT_CALLS = ("compiled", "predict")
 # Throughput and training batch per model.
 BATCH = {"squeezenet1_0": 16, "squeezenet1_1": 16, "vgg16": 4, "resnet50": 8,
          "mobilenet_v3_large": 16, "efficientnet_b0": 16, "convnext_tiny": 8, "vit_b_16": 4}
@@ -71,9 +78,14 @@ def parse_args(argv=None):
     parser.add_argument("--lowp-models", default="squeezenet1_1",
                         help="models that also run bfloat16 and mixed_bfloat16 (CPU "
                              "bfloat16 is slow; keep full runs short)")
-    parser.add_argument("--calls", default=",".join(CALLS),
+    parser.add_argument("--calls", default=",".join(DEFAULT_CALLS),
                         help="inference call paths: compiled (multinet.compile_inference), "
-                             "predict (model.predict); predict runs the throughput task")
+                             "predict (model.predict), onnxruntime and openvino (the model "
+                             "exported with multinet.export, dynamic batch, run in that "
+                             "runtime on as many threads as the native baseline; they need "
+                             "the export extras, which the bench nox session installs); "
+                             "all but compiled run the float32 throughput task only; "
+                             f"default {','.join(DEFAULT_CALLS)}")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -136,6 +148,12 @@ def paired_ratio(ours: dict, base: dict) -> float | None:
 
 
 def run(args) -> dict:
+    # The exported artifacts go here; each is removed once its runtime loaded it.
+    with tempfile.TemporaryDirectory(prefix="multinet-bench-") as scratch:
+        return _run(args, scratch)
+
+
+def _run(args, scratch: str) -> dict:
     use_native = not args.no_native and native.available()
     # A smoke run only checks the plumbing: one thread keeps it quick on a busy machine.
     threads = 1 if args.quick else native.default_threads()
@@ -178,9 +196,14 @@ def run(args) -> dict:
             for call in calls:
                 print(f"[{backend.name()}] {model} {task} b{batch} {data_format} {dtype} "
                       f"{call}", file=sys.stderr, flush=True)
-                prepared = prepare_benchmark(
-                    built or model, task=mode, dtype=dtype, data_format=data_format,
-                    call="compiled" if call == "train_on_batch" else call, **common)
+                if call in deployed.CALLS:
+                    prepared = deployed.prepare_deployed(
+                        built or model, call=call, folder=scratch, data_format=data_format,
+                        dtype=dtype, threads=threads, **common)
+                else:
+                    prepared = prepare_benchmark(
+                        built or model, task=mode, dtype=dtype, data_format=data_format,
+                        call="compiled" if call == "train_on_batch" else call, **common)
                 prepared.result["model"] = model
                 prepared.result["dtype"] = dtype
                 built = built or prepared.model
@@ -257,8 +280,10 @@ def add_throughput_figures(result: dict, flops: int | None, peak: dict | None) -
 
 def measure_memory(baseline, ours, args, *, task: str, batch: int, dtype: str) -> None:
     """Peak resident memory of each configuration, each in a fresh process
-    (``benchmarks/memory.py``), into ``result["peak_memory_bytes"]``."""
-    jobs = [(p, "multinet") for p in ours if p.result.get("status") == "ok"]
+    (``benchmarks/memory.py``), into ``result["peak_memory_bytes"]``; not
+    measured for the exported artifacts (onnxruntime, openvino)."""
+    jobs = [(p, "multinet") for p in ours if p.result.get("status") == "ok"
+            and p.result["call"] not in deployed.CALLS]
     if baseline is not None and baseline.result.get("status") == "ok":
         jobs.insert(0, (baseline, "torch_eager"))
     for prepared, implementation in jobs:

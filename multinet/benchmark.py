@@ -298,21 +298,30 @@ def prepare_benchmark(model, *, batch_size: int = 1, image_size: int = 224,
     return prepared
 
 
+def build_model(name: str, *, image_size: int, data_format: str, task: str = "inference",
+                dtype: str = "float32", **model_kwargs):
+    """The registered model ``name`` as the benchmark times it: random weights,
+    ``image_size`` inputs in ``data_format``, built under the ``dtype`` policy;
+    for ``task="train"`` its classifier returns logits."""
+    from multinet.layers import image_shape
+    from multinet.registry import create_model
+
+    kwargs = dict(model_kwargs)
+    if task == "train":
+        kwargs.setdefault("classifier_activation", None)  # logits, as torch's CE takes
+    with dtype_policy(dtype):
+        return create_model(name, data_format=data_format,
+                            input_shape=image_shape(image_size, data_format), **kwargs)
+
+
 def _prepare(model, prepared, *, batch_size, image_size, data_format, task, dtype, call, seed,
              model_kwargs):
     result = prepared.result
     backend.reset_peak_device_memory()
     start = time.perf_counter()
     if isinstance(model, str):
-        from multinet.layers import image_shape
-        from multinet.registry import create_model
-
-        kwargs = dict(model_kwargs)
-        if task == "train":
-            kwargs.setdefault("classifier_activation", None)  # logits, as torch's CE takes
-        with dtype_policy(dtype):
-            model = create_model(model, data_format=data_format,
-                                 input_shape=image_shape(image_size, data_format), **kwargs)
+        model = build_model(model, image_size=image_size, data_format=data_format,
+                            task=task, dtype=dtype, **model_kwargs)
     result["build_s"] = time.perf_counter() - start
     prepared.model = model
     images, labels = make_inputs(batch_size, image_size, data_format,

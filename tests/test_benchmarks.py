@@ -11,7 +11,10 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import sys
+import tempfile
+import types
 from pathlib import Path
 
 import keras
@@ -280,3 +283,143 @@ def test_memory_is_measured_for_both_sides_in_fresh_processes(tmp_path):
     assert ours["native_peak_memory_bytes"] == native_row["peak_memory_bytes"]
     assert ours["memory_ratio_to_native"] == pytest.approx(
         ours["peak_memory_bytes"] / native_row["peak_memory_bytes"], rel=1e-3)
+
+
+DEPLOYED_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _deployed_skip_reason():
+    """Why this environment cannot time exported artifacts, or None."""
+    from multinet import deploy
+
+    missing = [m for m in DEPLOYED_RUNTIMES if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"needs the multinet-keras[export] extra; missing {', '.join(missing)}"
+    for export_format in ("onnx", "openvino"):
+        try:
+            deploy.plan(export_format)
+        except deploy.ExportError as exc:
+            return str(exc)
+    return None
+
+
+def test_deployed_calls_time_exported_artifacts(tmp_path, monkeypatch, numpy_initial_weights):
+    """--calls onnxruntime,openvino: the model exported in each data format, run in
+    its runtime on the harness' threads, timed in the same rounds as the native
+    baseline; the artifacts are gone afterwards. Also collected by the export
+    nox session, where nothing may skip."""
+    reason = _deployed_skip_reason()
+    if reason:
+        if os.environ.get("MULTINET_EXPORT_REQUIRED") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import onnxruntime
+    import openvino
+
+    run = _load("run")
+    report = _load("report")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out"
+    path = run.main(["--quick", "--out", str(out), "--tasks", "throughput",
+                     "--dtypes", "float32", "--calls", "onnxruntime,openvino", "--no-peak"])
+    # The run's folder and every artifact are gone (other libraries' own temporary
+    # files, such as TensorFlow's generated code, may remain).
+    assert not list(scratch.glob("multinet-bench-*"))
+    assert not [f for f in scratch.rglob("*") if f.suffix in (".onnx", ".xml", ".bin")]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ours = [r for r in data["results"] if r["implementation"] == "multinet"]
+    seen = sorted((r["call"], r["data_format"]) for r in ours)
+    assert seen == sorted((c, f) for c in DEPLOYED_RUNTIMES
+                          for f in ("channels_first", "channels_last"))
+    versions = {"onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__}
+    for r in ours:
+        assert r["status"] == "ok", r.get("error")
+        assert r["bench_task"] == "throughput" and r["batch_size"] == 2
+        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
+        assert len(r["seconds"]) == 2
+        assert r["runtime"] == r["call"] and r["runtime_version"] == versions[r["call"]]
+        assert r["runtime_threads"] == 1  # --quick: one thread, as the native baseline
+        assert r["export_format"] == {"onnxruntime": "onnx", "openvino": "openvino"}[r["call"]]
+        assert r["dynamic_batch"] is True
+        assert 0 <= r["export_max_difference"] < 1e-4
+        if HAS_TORCH:
+            assert r["ratio_to_native"] > 0
+            assert r["native_threads"] == r["runtime_threads"]
+        else:
+            assert r["ratio_to_native"] is None
+    natives = [r for r in data["results"] if r["implementation"] == "torch_eager"]
+    assert len(natives) == (1 if HAS_TORCH else 0)
+
+    with (out / f"{backend.name()}.csv").open(encoding="utf-8", newline="") as handle:
+        table_rows = list(csv.DictReader(handle))
+    assert sorted((row["call"], row["data_format"]) for row in table_rows) == seen
+    assert all(row["status"] == "ok" and float(row["img/s"]) > 0 for row in table_rows)
+
+    runs = report.load(out)
+    table = report.deployment(runs)
+    assert "| native img/s | onnxruntime | openvino | fastest |" in table
+    for data_format in ("NHWC", "NCHW"):
+        line = next(line for line in table.splitlines()
+                    if line.startswith(f"| {backend.name()} | squeezenet1_1 | 2 | {data_format} |"))
+        fastest = line.rstrip(" |").rsplit("| ", 1)[-1]
+        assert fastest in (("native eager", *DEPLOYED_RUNTIMES) if HAS_TORCH else ("n/a",))
+    every = report.markdown(runs)
+    assert (f"run in onnxruntime {onnxruntime.__version__} (1 thread), openvino "
+            f"{openvino.__version__} (1 thread)") in every
+    assert f"| {backend.name()} | squeezenet1_1 | throughput | 2 | channels_last | float32 " \
+           f"| onnxruntime |" in every
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{report.README_START}\nold\n{report.README_END}\nb\n")
+    report.main(["--results", str(out), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith(f"a\n{report.README_START}\n") and text.endswith(
+        f"{report.README_END}\nb\n")
+    assert "old" not in text and table in text and data["command"] in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- deployment:start -->"):
+        report.main(["--results", str(out), "--readme", str(readme)])
+
+
+def test_missing_runtime_or_exporter_is_unsupported(tmp_path, monkeypatch):
+    """No onnxruntime or OpenVINO: those rows say so in one line, the rest runs."""
+    run = _load("run")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    path = run.main(["--quick", "--out", str(tmp_path), "--tasks", "throughput",
+                     "--dtypes", "float32", "--formats", "channels_last", "--no-peak",
+                     "--calls", "compiled,onnxruntime,openvino"])
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ours = {r["call"]: r for r in data["results"] if r["implementation"] == "multinet"}
+    assert set(ours) == {"compiled", "onnxruntime", "openvino"}
+    assert ours["compiled"]["status"] == "ok"
+    for name in DEPLOYED_RUNTIMES:
+        r = ours[name]
+        assert r["status"] == "unsupported"
+        assert r["error"] == (f"UnsupportedConfig: {name} is not installed (pip install {name}; "
+                              f"the multinet-keras[export] extra has it)")
+        assert "images_per_s" not in r and r["ratio_to_native"] is None
+    with (tmp_path / f"{backend.name()}.csv").open(encoding="utf-8", newline="") as handle:
+        statuses = {row["call"]: row["status"] for row in csv.DictReader(handle)}
+    assert statuses == {"compiled": "ok", "onnxruntime": "unsupported",
+                        "openvino": "unsupported"}
+
+    # A runtime that imports, but no backend here can produce its format.
+    from multinet import deploy
+
+    deployed = _load("deployed")
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    reason = "onnx export from the torch backend needs onnx (pip install onnx)"
+
+    def cannot(export_format, backend_name=None):
+        raise deploy.ExportError(reason)
+
+    monkeypatch.setattr(deploy, "plan", cannot)
+    prepared = deployed.prepare_deployed("squeezenet1_1", call="onnxruntime",
+                                         folder=str(tmp_path), batch_size=2, image_size=32,
+                                         data_format="channels_last")
+    assert prepared.step is None and prepared.model is None  # nothing built or exported
+    assert prepared.result["status"] == "unsupported"
+    assert prepared.result["error"] == f"UnsupportedConfig: {reason}"

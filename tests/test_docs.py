@@ -214,3 +214,23 @@ def test_export_matrix_cells_render_what_the_results_say(tmp_path):
     assert gen.main(["--check", "--readme", str(readme), "--results", str(tmp_path)]) == 1
     assert gen.main(["--readme", str(readme), "--results", str(tmp_path)]) == 0
     assert "old" not in readme.read_text() and row in readme.read_text()
+
+
+def test_deployment_table_is_current():
+    """README's "which deployment is fastest" table is the rendering of the
+    committed benchmarks/results/deployed/*.json (benchmarks/report.py --readme)."""
+    spec = importlib.util.spec_from_file_location("bench_report",
+                                                  ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    runs = report.load(ROOT / "benchmarks" / "results" / "deployed")
+    assert runs, "no results in benchmarks/results/deployed"
+    table = report.deployment(runs)
+    for model in ("squeezenet1_1", "vgg16", "resnet50"):
+        for data_format in ("NHWC", "NCHW"):
+            assert f"| {model} |" in table and f"| {data_format} |" in table
+    text = README.read_text(encoding="utf-8")
+    block = report.readme_block(runs, "benchmarks/results/deployed")
+    assert text == report.with_readme_block(text, block), (
+        "README.md's deployment table differs from benchmarks/results/deployed/: run "
+        "python benchmarks/report.py --results benchmarks/results/deployed --readme README.md")
