@@ -35,6 +35,13 @@ TOLERANCE = 1e-4  # relative: largest absolute difference over the largest logit
 # constant offsets drown the input-dependent part in the deep MobileNets and
 # EfficientNets).
 OFFSET_STD = 0.01
+# BatchNorm and LayerNorm scales: wide enough that the deep MobileNets and
+# EfficientNets still answer the two images differently (below about 0.5 the
+# output stops depending on the image), narrow enough that no network amplifies
+# float rounding (EfficientNet B5 and B7 did at 0.5-1.5: torch and jax 0.5-0.9
+# apart).
+GAIN_LOW, GAIN_HIGH = 0.5, 1.5
+GAINS = {"efficientnet_b5": (0.45, 1.4), "efficientnet_b7": (0.45, 1.4)}
 
 
 def size_of(name: str) -> int:
@@ -60,14 +67,17 @@ def seeded_weights(model, name: str) -> list[np.ndarray]:
     import keras
 
     rng = np.random.default_rng(zlib.crc32(name.encode()))
+    gain_low, gain_high = GAINS.get(name, (GAIN_LOW, GAIN_HIGH))
     depthwise = {id(v) for layer in model.layers for v in layer.weights
                  if isinstance(layer, keras.layers.DepthwiseConv2D)}
     values = []
     for variable in model.weights:
         shape = tuple(variable.shape)
         leaf = variable.path.rsplit("/", 1)[-1]
-        if "variance" in leaf or leaf in ("gamma", "scale"):
+        if "variance" in leaf:
             value = rng.uniform(0.5, 1.5, shape)
+        elif leaf in ("gamma", "scale"):
+            value = rng.uniform(gain_low, gain_high, shape)
         elif "kernel" in leaf and len(shape) >= 2:
             # He scaling; a depthwise kernel (kh, kw, channels, 1) sums kh * kw inputs.
             fan_in = int(np.prod(shape[:2] if id(variable) in depthwise else shape[:-1]))
