@@ -5,8 +5,6 @@ from __future__ import annotations
 import difflib
 
 import multinet
-from multinet import backend
-from multinet.backend import TRAINING_BACKENDS
 from multinet.cli.common import CommandError, entry_label, print_json, table
 
 
@@ -22,6 +20,10 @@ def add_parser(commands, parents):
 
 
 def run(args) -> int:
+    # Imported here: building the command's parser (``multinet --help``) needs no Keras.
+    from multinet import backend
+    from multinet.backend import TRAINING_BACKENDS
+
     names = multinet.list_models()
     if args.pattern:
         pattern = args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*"
