@@ -41,6 +41,10 @@ KERAS_DEFAULT_CONFIG = {"floatx": "float32", "epsilon": 1e-07, "backend": "tenso
 # TensorFlow (Keras' default: picked only if a future Keras changes its default).
 # openvino and numpy run inference only, so multinet never picks them.
 PREFERENCE = ("jax", "torch", "tensorflow")
+# What multinet's models run on: every one trains and predicts on these...
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+# ...and predicts on these too (Keras' OpenVINO backend runs inference only).
+PREDICT_BACKENDS = (*TRAINING_BACKENDS, "openvino")
 # The extras in pyproject.toml, and the distributions that provide each module.
 _EXTRAS = ("tensorflow", "jax", "torch")
 _PROVIDERS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),

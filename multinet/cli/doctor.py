@@ -11,9 +11,6 @@ import multinet
 from multinet import backend_select
 from multinet.cli.common import err, human_size
 
-# The Keras backends multinet runs on: three that train, and OpenVINO for inference.
-DOCTOR_BACKENDS = ("tensorflow", "jax", "torch", "openvino")
-
 
 def add_parser(commands, parents):
     p = commands.add_parser(
@@ -71,7 +68,7 @@ def run(args) -> int:
         ("backend", f"{backend.name()} {backend.framework_version()} "
                     f"(from {choice.describe_source()}{inference_only})"),
     ]
-    installed = backend_select.installed_backends(DOCTOR_BACKENDS)
+    installed = backend_select.installed_backends(backend_select.PREDICT_BACKENDS)
     rows.append(("installed", ", ".join(
         (f"{name} {version}" if version else f"{name} (not installed)")
         + ("" if backend.can_train(name) or not version else " (inference only)")

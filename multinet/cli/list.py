@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 import multinet
+from multinet.backend_select import PREDICT_BACKENDS, TRAINING_BACKENDS
 from multinet.cli.common import CommandError, entry_label, print_json, table
 
 
@@ -22,7 +23,6 @@ def add_parser(commands, parents):
 def run(args) -> int:
     # Imported here: building the command's parser (``multinet --help``) needs no Keras.
     from multinet import backend
-    from multinet.backend import TRAINING_BACKENDS
 
     names = multinet.list_models()
     if args.pattern:
@@ -40,13 +40,14 @@ def run(args) -> int:
             "default_size": s.default_size, "min_size": s.min_size,
             "weights": [w.name for w in s.weights], "default_weights": s.default_weights,
             "backends": {"train": list(TRAINING_BACKENDS),
-                         "predict": [*TRAINING_BACKENDS, "openvino"]},
+                         "predict": list(PREDICT_BACKENDS)},
         } for s in specs])
         return 0
     rows = [[s.name, s.family.name, f"{s.num_params:,}", f"{s.default_size}x{s.default_size}",
              ", ".join(entry_label(s, w) for w in s.weights) or "-"] for s in specs]
     print(table(rows, ["name", "family", "parameters", "input", "weights (* = imagenet)"]))
+    inference_only = [b for b in PREDICT_BACKENDS if b not in TRAINING_BACKENDS]
     print(f"\nEvery model trains and predicts on {', '.join(TRAINING_BACKENDS)} and predicts "
-          f"on openvino (inference only), in both data formats; this session: "
-          f"{backend.name()}.")
+          f"on {', '.join(inference_only)} (inference only), in both data formats; this "
+          f"session: {backend.name()}.")
     return 0
