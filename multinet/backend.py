@@ -13,6 +13,8 @@ import re
 
 import keras
 
+from multinet.backend_select import TRAINING_BACKENDS
+
 CHANNELS_LAST = "channels_last"
 CHANNELS_FIRST = "channels_first"
 DATA_FORMATS = (CHANNELS_LAST, CHANNELS_FIRST)
@@ -24,15 +26,10 @@ def name() -> str:
     return keras.backend.backend()
 
 
-# Keras backends that run inference only: Keras' OpenVINO backend has no
-# ``fit``/``train_on_batch`` (and no gradients).
-INFERENCE_ONLY = ("openvino", "numpy")
-TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
-
-
 def can_train(backend: str | None = None) -> bool:
-    """Whether ``backend`` (default: the one in use) can train a model."""
-    return (backend or name()) not in INFERENCE_ONLY
+    """Whether ``backend`` (default: the one in use) can train a model: Keras'
+    OpenVINO and numpy backends have no ``fit``/``train_on_batch``."""
+    return (backend or name()) in TRAINING_BACKENDS
 
 
 def cannot_train(what: str) -> str | None:
@@ -463,6 +460,23 @@ def bias_add(x, bias, data_format: str):
     return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
 
 
+def _torch_layer_norm(x, axis_size, gamma, beta, epsilon):
+    """``torch.nn.functional.layer_norm`` over the last axis of the torch tensor
+    ``x`` with Keras variables ``gamma``/``beta`` (or None). The normalized shape
+    is a Python int, a constant for tracers too (Keras' ONNX export traces with
+    torch.jit, whose ONNX converter rejects a traced size there)."""
+    import torch.nn.functional as F
+
+    weight = None if gamma is None else keras.ops.convert_to_tensor(gamma)
+    bias = None if beta is None else keras.ops.convert_to_tensor(beta)
+    return F.layer_norm(x, (int(axis_size),), weight, bias, epsilon)
+
+
+def _norm_dtypes(inputs, gamma, beta) -> set[str]:
+    return {keras.backend.standardize_dtype(t.dtype) for t in (inputs, gamma, beta)
+            if t is not None}
+
+
 def channels_first_layer_norm(inputs, gamma, beta, epsilon: float):
     """LayerNorm over axis 1 of a 4D channels_first batch in one kernel where
     the backend has one; None elsewhere.
@@ -471,20 +485,13 @@ def channels_first_layer_norm(inputs, gamma, beta, epsilon: float):
     batch viewed as NHWC (``permute``, a view: no copy where the batch is
     stored channels_last in memory, as ``fused_conv2d`` leaves it), viewed
     back as NCHW. The other backends compile the ``keras.ops`` version into
-    fused kernels, so they return None and the caller takes that path.
+    fused kernels, so they return None and the caller takes that path; so does
+    an input whose dtype differs from ``gamma``/``beta``'s.
     """
-    if name() != "torch" or len(inputs.shape) != 4:
+    if name() != "torch" or len(inputs.shape) != 4 or len(_norm_dtypes(inputs, gamma, beta)) > 1:
         return None
-    import torch.nn.functional as F
-
     x = keras.ops.convert_to_tensor(inputs)
-    weight = None if gamma is None else keras.ops.convert_to_tensor(gamma)
-    bias = None if beta is None else keras.ops.convert_to_tensor(beta)
-    if any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
-        return None
-    # int(): a constant for tracers too (Keras' ONNX export traces with
-    # torch.jit, whose ONNX converter rejects a traced size in normalized_shape).
-    out = F.layer_norm(x.permute(0, 2, 3, 1), (int(x.shape[1]),), weight, bias, epsilon)
+    out = _torch_layer_norm(x.permute(0, 2, 3, 1), x.shape[1], gamma, beta, epsilon)
     return out.permute(0, 3, 1, 2)
 
 
@@ -494,16 +501,10 @@ def last_axis_layer_norm(inputs, gamma, beta, epsilon):
     ``torch.onnx`` cannot export); None elsewhere, and for inputs or
     ``gamma``/``beta`` other than float32 (Keras' op computes half precision in
     float32)."""
-    if name() != "torch":
+    if name() != "torch" or _norm_dtypes(inputs, gamma, beta) != {"float32"}:
         return None
-    import torch.nn.functional as F
-
     x = keras.ops.convert_to_tensor(inputs)
-    weight = None if gamma is None else keras.ops.convert_to_tensor(gamma)
-    bias = None if beta is None else keras.ops.convert_to_tensor(beta)
-    if any(str(t.dtype) != "torch.float32" for t in (x, weight, bias) if t is not None):
-        return None
-    return F.layer_norm(x, (int(x.shape[-1]),), weight, bias, epsilon)
+    return _torch_layer_norm(x, x.shape[-1], gamma, beta, epsilon)
 
 
 def fused_conv2d(inputs, kernel, bias, *, strides, padding, dilation_rate, data_format,
