@@ -2,7 +2,7 @@
 
     python benchmarks/report.py                       # benchmarks/results/*.json
     python benchmarks/report.py --results DIR --out DIR
-    python benchmarks/report.py --results benchmarks/results/deployed --readme README.md
+    python benchmarks/report.py --results benchmarks/results/deployed --readme docs/export.md
 
 Writes ``report.md`` (one row per multinet figure: img/s, native PyTorch
 img/s from the same run and their ratio; where the run timed exported artifacts
@@ -274,12 +274,13 @@ def deployment(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_block(runs: list[dict], results: str) -> str:
-    """The README's deployment table (:func:`deployment`) with where and how it was
-    measured, between the markers; ``results`` names the results folder."""
+def readme_block(runs: list[dict], results: str, target: str = "docs/export.md") -> str:
+    """The deployment table (:func:`deployment`) with where and how it was
+    measured, between the markers; ``results`` names the results folder and
+    ``target`` the file the block goes into."""
     lines = [README_START,
              f"<!-- generated from {results}/*.json by python benchmarks/report.py "
-             f"--results {results} --readme README.md: do not edit -->", "",
+             f"--results {results} --readme {target}: do not edit -->", "",
              deployment(runs).rstrip("\n"), ""]
     for run in runs:
         env = run["environment"]
@@ -376,7 +377,8 @@ def main(argv=None) -> tuple[Path, Path]:
             raise SystemExit(f"no onnxruntime or openvino results in {results_dir}")
         try:
             text = with_readme_block(readme.read_text(encoding="utf-8"),
-                                     readme_block(runs, _relative(results_dir)))
+                                     readme_block(runs, _relative(results_dir),
+                                                  _relative(readme)))
         except ValueError as exc:
             raise SystemExit(f"{readme}: {exc}") from None
         readme.write_text(text, encoding="utf-8")
