@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from helpers import distinct_images
 
 import multinet
 
@@ -91,28 +92,16 @@ def seeded_weights(model, name: str) -> list[np.ndarray]:
 
 
 def inputs(name: str, data_format: str) -> np.ndarray:
-    """The seeded batch for ``name`` in ``data_format``: uniform noise, and bright
-    diagonal stripes with unequal channels, which any network answers
-    differently, on the scale of 0-255 pixels."""
+    """The seeded batch for ``name`` in ``data_format``: ``helpers.distinct_images``
+    (noise, and stripes any network answers differently) on the scale of 0-255
+    pixels, as MobileNetV3 and EfficientNet rescale inside the model."""
     rng = np.random.default_rng(zlib.crc32(f"input:{name}".encode()))
-    size = size_of(name)
-    noise = rng.uniform(0.0, 1.0, (size, size, 3))
-    i, j = np.mgrid[:size, :size]
-    stripes = np.stack([((i + j) // 3 % 2) * 2.0, (i % 5 == 0) * 1.5,
-                        np.full((size, size), -0.5)], axis=-1)
-    # Pixel values: MobileNetV3 and EfficientNet rescale inside the model.
-    x = (np.stack([noise, stripes]) * 127.5).astype("float32")
-    return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return distinct_images(rng, size_of(name), data_format) * np.float32(127.5)
 
 
 def logits(name: str, data_format: str) -> np.ndarray:
     model = build(name, data_format)
     return np.asarray(model.predict(inputs(name, data_format), verbose=0), dtype="float32")
-
-
-def rel_error(a, b) -> float:
-    a, b = np.asarray(a, dtype="float64"), np.asarray(b, dtype="float64")
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def expected() -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import time
 
 import backend_parity as parity
 import numpy as np
+from helpers import rel_error
 
 import multinet
 from multinet import backend
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         last = parity.logits(name, "channels_last")
         first = parity.logits(name, "channels_first")
         reference = last if args.write else stored[name]
-        errors = [parity.rel_error(last, reference), parity.rel_error(first, reference)]
+        errors = [rel_error(last, reference), rel_error(first, reference)]
         worst = max(worst, *errors)
         print(f"{backend.name()} {name}: std {last.std():.3g}, relative difference "
               f"last {errors[0]:.2e} first {errors[1]:.2e} ({time.perf_counter() - start:.1f} s)",

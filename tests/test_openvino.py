@@ -15,6 +15,7 @@ import json
 import backend_parity as parity
 import numpy as np
 import pytest
+from helpers import rel_error
 
 import multinet
 from multinet import backend, cli
@@ -42,7 +43,7 @@ def test_the_stored_numbers_cover_every_model(stored):
         assert logits.shape == (parity.BATCH, 1000), name
         assert np.all(np.isfinite(logits)), name
         # Two images, answered differently: the weights reach the output.
-        assert parity.rel_error(logits[0], logits[1]) > 1e-2, name
+        assert rel_error(logits[0], logits[1]) > 1e-2, name
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -52,7 +53,7 @@ def test_logits_equal_the_other_backends(name, data_format, stored):
         (parity.size_of(name),) * 2 + (3,) if data_format == "channels_last"
         else (3,) + (parity.size_of(name),) * 2)
     got = model.predict(parity.inputs(name, data_format), verbose=0)
-    error = parity.rel_error(got, stored[name])
+    error = rel_error(got, stored[name])
     assert error < parity.TOLERANCE, (
         f"{name} {data_format} on {backend.name()}: relative difference {error:.2e}")
 
@@ -94,7 +95,7 @@ def test_weights_files_load_on_openvino(tmp_path, stored):
                                    input_shape=(3, 67, 67), classifier_activation=None,
                                    data_format="channels_first")
     got = loaded.predict(parity.inputs("squeezenet1_1", "channels_first"), verbose=0)
-    assert parity.rel_error(got, stored["squeezenet1_1"]) < parity.TOLERANCE
+    assert rel_error(got, stored["squeezenet1_1"]) < parity.TOLERANCE
 
 
 @openvino_only
