@@ -41,8 +41,10 @@ def rng():
 
 @pytest.fixture(scope="module")
 def numpy_initial_weights():
-    """On JAX, draw Keras' uniform initial weights (glorot_uniform, the
-    default of convolutions and dense layers) with numpy in this module.
+    """On JAX, draw Keras' random initial weights (uniform, normal and
+    truncated normal: glorot_uniform, the default of convolutions and dense
+    layers, and the families' variance-scaling and normal initializers) with
+    numpy in this module.
 
     JAX compiles its random kernels once per weight shape, about a second
     each on a busy 2-core CPU and over 60 shapes per MobileNet, before any
@@ -60,10 +62,25 @@ def numpy_initial_weights():
 
     rng = np.random.default_rng(0)
 
-    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+    def as_array(values, dtype):
         dtype = keras.backend.standardize_dtype(dtype or keras.config.floatx())
-        return jnp.asarray(rng.uniform(minval, maxval, tuple(shape)).astype(dtype))
+        return jnp.asarray(values.astype(dtype))
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        return as_array(rng.uniform(minval, maxval, tuple(shape)), dtype)
+
+    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return as_array(rng.normal(mean, stddev, tuple(shape)), dtype)
+
+    def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        values = rng.normal(0.0, 1.0, tuple(shape))
+        outside = np.abs(values) > 2.0
+        while outside.any():  # redrawn, as jax.random.truncated_normal's [-2, 2]
+            values[outside] = rng.normal(0.0, 1.0, int(outside.sum()))
+            outside = np.abs(values) > 2.0
+        return as_array(mean + stddev * values, dtype)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jax_random, "uniform", uniform)
+        for draw in (uniform, normal, truncated_normal):
+            patch.setattr(jax_random, draw.__name__, draw)
         yield

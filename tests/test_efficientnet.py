@@ -25,6 +25,7 @@ import keras
 import make_expected_efficientnet as ex
 import numpy as np
 import pytest
+from helpers import infer
 from references import assert_inputs_matter, rel_error, structured_images
 
 import multinet
@@ -71,11 +72,7 @@ def shape_of(size, data_format):
     return (size, size, 3) if data_format == "channels_last" else (3, size, size)
 
 
-def forward(model, x) -> np.ndarray:
-    """The model called directly in inference mode: op by op, which on JAX
-    shares compiled operations between the models of the same shapes, and on
-    TensorFlow traces no graph per model."""
-    return keras.ops.convert_to_numpy(model(x, training=False))
+forward = infer
 
 
 def structure(name, **kwargs):

@@ -12,7 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from helpers import distinct_images, images, rel_error
+from helpers import distinct_images, images, infer, rel_error
 
 import multinet
 from multinet import backend
@@ -24,8 +24,7 @@ from multinet import backend
 #   params_notop: keras count_params() without the classifier
 #   features: {input size: (height, width, channels) of the include_top=False output}
 #   small: a small input size for quick forward passes, where ceil and floor
-#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67); efficientnet_b0 at 199,
-#          the size its reference tests run (on JAX their compiled operations are shared)
+#          pooling differ for SqueezeNet (1.0 at 64, 1.1 at 67)
 #   top_at_small: whether include_top=True builds at that size (VGG's top needs 224)
 #   size: the default input size, where it is not 224
 #   forward: False where the loops below check structure only (no variable
@@ -33,7 +32,9 @@ from multinet import backend
 #            EfficientNet B1-B7, the same layers as efficientnet_b0, which runs;
 #            tests/test_convnext.py runs convnext_tiny in both compute formats
 #            against torchvision and tf-keras at full depth, pooled features
-#            included, and the larger ones are its code with more blocks
+#            included, and the larger ones are its code with more blocks; ResNet-34,
+#            -101 and -152, resnet18's and resnet50's blocks in other numbers (both
+#            run here, and tests/test_resnet.py checks every depth's structure)
 #   tokens: a transformer: include_top=False gives a vector per image (the class
 #           token, see tests/test_vit.py for its pooling), not a feature map
 MODEL_FACTS = {
@@ -51,7 +52,7 @@ MODEL_FACTS = {
                           small=32, top_at_small=True, forward=False),
     "efficientnet_b0": dict(params=5_288_548, params_total=5_330_571, params_notop=4_049_571,
                             features={224: (7, 7, 1280), 199: (7, 7, 1280), 64: (2, 2, 1280)},
-                            small=199, top_at_small=True),
+                            small=64, top_at_small=True),
     "efficientnet_b1": dict(params=7_794_184, params_total=7_856_239, params_notop=6_575_239,
                             features={224: (7, 7, 1280)},
                             small=64, top_at_small=True, forward=False, size=240),
@@ -93,16 +94,17 @@ MODEL_FACTS = {
                      features={224: (7, 7, 512), 199: (7, 7, 512), 64: (2, 2, 512)}, small=64,
                      top_at_small=True),
     "resnet34": dict(params=21_814_696, params_notop=21_301_696,
-                     features={224: (7, 7, 512), 64: (2, 2, 512)}, small=64, top_at_small=True),
+                     features={224: (7, 7, 512), 64: (2, 2, 512)}, small=64, top_at_small=True,
+                     forward=False),
     "resnet50": dict(params=25_636_712, params_notop=23_587_712,
                      features={224: (7, 7, 2048), 199: (7, 7, 2048), 64: (2, 2, 2048)},
                      small=64, top_at_small=True),
     "resnet101": dict(params=44_707_176, params_notop=42_658_176,
                       features={224: (7, 7, 2048), 64: (2, 2, 2048)}, small=64,
-                      top_at_small=True),
+                      top_at_small=True, forward=False),
     "resnet152": dict(params=60_419_944, params_notop=58_370_944,
                       features={224: (7, 7, 2048), 64: (2, 2, 2048)}, small=64,
-                      top_at_small=True),
+                      top_at_small=True, forward=False),
     "vgg11": dict(params=132_863_336, params_notop=9_220_480,
                   features={224: (7, 7, 512), 64: (2, 2, 512)}, small=64,
                   top_at_small=False),
@@ -125,10 +127,8 @@ MODELS = multinet.list_models()
 FORWARD = [name for name in MODELS if MODEL_FACTS[name].get("forward", True)]
 
 
-def run(model, x):
-    """Outputs in inference mode, called directly (on JAX, op by op, which
-    shares compiled operations between models of the same shapes)."""
-    return keras.ops.convert_to_numpy(model(x, training=False))
+run = infer
+
 # No test here depends on the initial weights' values.
 pytestmark = pytest.mark.usefixtures("numpy_initial_weights")
 
@@ -325,7 +325,7 @@ def test_min_sizes_build_and_run():
         spatial = (1, 1) if not MODEL_FACTS[name].get("tokens") else (768,)
         assert model.output_shape[1:3] == spatial, name
         if name in FORWARD:
-            out = model.predict(np.zeros((1, size, size, 3), "float32"), verbose=0)
+            out = run(model, np.zeros((1, size, size, 3), "float32"))
             assert out.shape[1:3] == spatial, name
         with pytest.raises(ValueError, match=f"{name}.*too small.*at least {size}"):
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),

@@ -22,6 +22,7 @@ import keras
 import make_expected_resnet as expected_data
 import numpy as np
 import pytest
+from helpers import infer
 from references import rel_error, structured_images, write_legacy_h5
 
 import multinet
@@ -80,8 +81,7 @@ def in_format(x: np.ndarray, data_format: str) -> np.ndarray:
     return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def run(model, x) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x, training=False))
+run = infer
 
 
 @functools.cache

@@ -20,6 +20,7 @@ import keras
 import make_expected_vit as expected_data
 import numpy as np
 import pytest
+from helpers import infer
 from references import assert_inputs_matter, rel_error, structured_images
 
 import multinet
@@ -63,8 +64,7 @@ def network_inputs(size: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def run(model, x) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(x, training=False))
+run = infer
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 import weight_fixtures as wf
-from helpers import TorchTensor, write_torch_zip
+from helpers import TorchTensor, infer, write_torch_zip
 
 import multinet
 from multinet.weights import WeightsLoadError, loaded_weights
@@ -42,8 +42,7 @@ def build(name, size, data_format, **kwargs):
                                  data_format=data_format, **kwargs)
 
 
-def run(model, x):
-    return keras.ops.convert_to_numpy(model(x, training=False))
+run = infer
 
 
 def snapshot(model):
