@@ -76,8 +76,6 @@ def in_format(x: np.ndarray, data_format: str) -> np.ndarray:
     return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-run = infer
-
 
 @functools.cache
 def expected(model_name: str, source: str) -> dict:
@@ -171,7 +169,7 @@ def test_matches_the_reference(models, source, data_format):
             x = multinet.preprocess_input(in_format(raw, data_format), model=model)
         else:
             x = in_format(network_inputs(size, source), data_format)
-        got = run(model, x)
+        got = infer(model, x)
         stored = expected(FULL, source)["outputs"][size]
         assert got.shape == stored.shape == (2, 1000)
         assert rel_error(got, stored) < TOL, size
@@ -210,7 +208,7 @@ def test_include_top_false_skips_only_the_head(models, weight_files, source, tmp
     if source == "torchvision":
         features = keras.Model(full.input, full.get_layer(f"{FULL}_head_dense").input)
         x = in_format(network_inputs(64, source), "channels_first")
-        assert rel_error(run(notop, x), run(features, x)) < TOL
+        assert rel_error(infer(notop, x), infer(features, x)) < TOL
         return
     # keras' own file without the top: its last LayerNorm is auto-named.
     assert expected(FULL, source)["layout_notop"][-1][0] == "layer_normalization"

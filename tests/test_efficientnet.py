@@ -72,8 +72,6 @@ def shape_of(size, data_format):
     return (size, size, 3) if data_format == "channels_last" else (3, size, size)
 
 
-forward = infer
-
 
 def structure(name, **kwargs):
     """A model built for its structure only (variables never initialized)."""
@@ -142,7 +140,7 @@ def test_outputs_match_the_reference(source, data_format, source_files):
         assert info["weights"]["preprocessing"] == MODES[source]
         assert model.get_layer("top_conv").data_format == data_format
         raw = structured_images(size, 2)
-        out = forward(model, multinet.preprocess_input(in_format(raw, data_format), model=model))
+        out = infer(model, multinet.preprocess_input(in_format(raw, data_format), model=model))
         assert rel_error(out, stored[size]) < 1e-4, (size, rel_error(out, stored[size]))
         if live is not None:
             assert rel_error(out, live[size]) < 1e-4, (size, rel_error(out, live[size]))
@@ -195,7 +193,7 @@ def test_imagenet_path_corrects_the_stored_variance(source_files, tmp_path, monk
     assert multinet.model_info(corrected)["weights"]["entry"] == "keras"
     raw = structured_images(224, 2)
     x = in_format(raw, "channels_first")
-    got = forward(corrected, multinet.preprocess_input(x, model=corrected))
+    got = infer(corrected, multinet.preprocess_input(x, model=corrected))
 
     stddev = np.array(efficientnet.IMAGENET_STDDEV_RGB, np.float32)
     changed = tmp_path / "changed.h5"
@@ -209,7 +207,7 @@ def test_imagenet_path_corrects_the_stored_variance(source_files, tmp_path, monk
     plain = multinet.create_model(MODEL, weights=str(changed), classifier_activation=None,
                                   data_format="channels_first", compute_format="channels_first")
     assert multinet.model_info(plain)["options"]["variance_correction"] is False
-    expected = forward(plain, x)
+    expected = infer(plain, x)
     assert_inputs_matter(expected)
     assert rel_error(got, expected) < 1e-4
     _, stored, _ = source_files("keras")

@@ -23,6 +23,7 @@ import keras
 import make_expected_mobilenet as mx
 import numpy as np
 import pytest
+from helpers import infer
 from references import assert_inputs_matter, rel_error, structured_images
 
 import multinet
@@ -89,16 +90,6 @@ def in_format(batch_nhwc, data_format):
 
 def shape_of(size, data_format):
     return (size, size, 3) if data_format == "channels_last" else (3, size, size)
-
-
-def forward(model, x) -> np.ndarray:
-    """The model's outputs: ``predict`` where it compiles the model once
-    (JAX: faster than op-by-op), a direct inference call on TensorFlow (whose
-    ``predict`` traces a graph per model, seconds each; ``predict`` in graph
-    mode is covered by test_keras_v3_without_in_model_preprocessing)."""
-    if backend.name() == "tensorflow":
-        return keras.ops.convert_to_numpy(model(x, training=False))
-    return model.predict(x, verbose=0)
 
 
 def counts(model) -> tuple[int, int]:
@@ -175,7 +166,7 @@ def test_outputs_match_the_reference(name, source, data_format, source_files):
         assert info["weights"]["preprocessing"] == MODES.get((name, source), "torch")
         assert model.get_layer("Conv_1").data_format == data_format
         raw = structured_images(size, 2)
-        out = forward(model, multinet.preprocess_input(in_format(raw, data_format), model=model))
+        out = infer(model, multinet.preprocess_input(in_format(raw, data_format), model=model))
         assert rel_error(out, stored[size]) < 1e-4, (size, rel_error(out, stored[size]))
         if live is not None:
             assert rel_error(out, live[size]) < 1e-4, (size, rel_error(out, live[size]))

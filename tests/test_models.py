@@ -138,8 +138,6 @@ def runs_forward(name, data_format):
     return FORWARD.index(name) % 2 == ("channels_last", "channels_first").index(data_format)
 
 
-run = infer
-
 # No test here depends on the initial weights' values.
 pytestmark = pytest.mark.usefixtures("numpy_initial_weights")
 
@@ -206,14 +204,14 @@ def test_feature_shapes_and_pooling(name, data_format, rng):
     x = images(rng, 2, size, data_format)
     features = multinet.create_model(name, include_top=False, input_shape=x.shape[1:],
                                      data_format=data_format)
-    maps = run(features, x)
+    maps = infer(features, x)
     spatial = (1, 2) if data_format == "channels_last" else (2, 3)
     assert np.abs(maps).max() > 0
     for pooling, reduce in (("avg", np.mean), ("max", np.max)):
         model = multinet.create_model(name, include_top=False, pooling=pooling,
                                       input_shape=x.shape[1:], data_format=data_format)
         model.set_weights(features.get_weights())
-        out = run(model, x)
+        out = infer(model, x)
         assert out.shape == (2, maps.shape[-1 if data_format == "channels_last" else 1])
         np.testing.assert_allclose(out, reduce(maps.astype("float64"), axis=spatial),
                                    rtol=1e-5, atol=1e-6 * np.abs(maps).max())
@@ -252,7 +250,7 @@ def twins(name, data_format, tmp_path, **kwargs):
 def assert_same_outputs(last, first, x):
     """Both compute formats give the same outputs, and the two inputs' outputs
     clearly differ (so the comparison is not between constants)."""
-    expected, got = run(last, x), run(first, x)
+    expected, got = infer(last, x), infer(first, x)
     assert got.shape == expected.shape
     # Deep random-weight networks (MobileNetV3's hard-swish stack) shrink the
     # signal, but the two inputs' outputs must still differ far more than the
@@ -340,7 +338,7 @@ def test_min_sizes_build_and_run():
         spatial = (1, 1) if not MODEL_FACTS[name].get("tokens") else (768,)
         assert model.output_shape[1:3] == spatial, name
         if name in FORWARD:
-            out = run(model, np.zeros((1, size, size, 3), "float32"))
+            out = infer(model, np.zeros((1, size, size, 3), "float32"))
             assert out.shape[1:3] == spatial, name
         with pytest.raises(ValueError, match=f"{name}.*too small.*at least {size}"):
             multinet.create_model(name, include_top=False, input_shape=(size - 1, size - 1, 3),
@@ -407,9 +405,9 @@ def test_input_tensor(data_format, rng):
                                   classifier_activation=None, data_format=data_format)
     plain.set_weights(model.get_weights())
     x = distinct_images(rng, 64, data_format)
-    expected = run(plain, x)
+    expected = infer(plain, x)
     assert rel_error(expected[0], expected[1]) > 0.05
-    assert rel_error(run(model, x * 255), expected) < 1e-5
+    assert rel_error(infer(model, x * 255), expected) < 1e-5
     with pytest.raises(ValueError, match="input_tensor has shape"):
         multinet.create_model("squeezenet1_1", input_tensor=inputs,
                               input_shape=in_format((32, 32, 3), data_format),
@@ -564,12 +562,12 @@ def test_keras_archive_keeps_ceil_mode(tmp_path, data_format, rng):
     assert restored.output_shape == model.output_shape == (None, *in_format((4, 4, 512),
                                                                               data_format))
     x = distinct_images(rng, 67, data_format)
-    expected = run(model, x)
-    assert rel_error(run(restored, x), expected) < 1e-6
+    expected = infer(model, x)
+    assert rel_error(infer(restored, x), expected) < 1e-6
     assert type(restored) is type(model) is multinet.layers.Model
     fresh = multinet.create_model("squeezenet1_1", include_top=False, ceil_mode=True,
                                   input_shape=x.shape[1:], data_format=data_format)
-    assert rel_error(run(fresh, x), expected) > 0.1
+    assert rel_error(infer(fresh, x), expected) > 0.1
 
 
 def test_keras_steps_compile_with_multinet_xla_options_only_inside_the_context():

@@ -81,8 +81,6 @@ def in_format(x: np.ndarray, data_format: str) -> np.ndarray:
     return x if data_format == "channels_last" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-run = infer
-
 
 @functools.cache
 def expected(model_name: str, source: str) -> dict:
@@ -168,7 +166,7 @@ def test_matches_the_reference(models, model_name, source, data_format):
     model = models(model_name, source, data_format)
     assert multinet.model_info(model)["options"] == {"variant": source}
     for size in SIZES:
-        got = run(model, in_format(network_inputs(size, source), data_format))
+        got = infer(model, in_format(network_inputs(size, source), data_format))
         stored = expected(model_name, source)["outputs"][size]
         assert got.shape == stored.shape == (2, 1000)
         assert rel_error(got, stored) < TOL, size
@@ -197,7 +195,7 @@ def test_preprocess_input_feeds_the_model_as_the_reference_pipeline(models, mode
         assert loaded_weights(model)["preprocessing"] == {"torchvision": "torch",
                                                           "keras": "caffe"}[source]
         raw = in_format(structured_images(224, expected_data.TEST_IMAGES), data_format)
-        got = run(model, multinet.preprocess_input(raw.astype(np.uint8), model=model))
+        got = infer(model, multinet.preprocess_input(raw.astype(np.uint8), model=model))
         assert rel_error(got, expected(model_name, source)["outputs"][224]) < TOL, data_format
 
 
@@ -212,7 +210,7 @@ def test_include_top_false_skips_only_the_head(models, weight_files, model_name,
     assert sorted(report.loaded) == sorted(layer.name for layer in notop.layers if layer.weights)
     features = keras.Model(full.input, full.get_layer(HEAD[source]).input)
     x = network_inputs(199, source)
-    assert rel_error(run(notop, x), run(features, x)) < TOL
+    assert rel_error(infer(notop, x), infer(features, x)) < TOL
 
 
 def _weighted_layers(model) -> dict:

@@ -64,8 +64,6 @@ def network_inputs(size: int) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-run = infer
-
 
 @functools.cache
 def expected() -> dict:
@@ -141,7 +139,7 @@ def test_matches_torchvision(models, data_format, size):
         x = multinet.preprocess_input(raw.astype(np.uint8), model=model)
         got = model.predict(x, batch_size=2, verbose=0)
     else:
-        got = run(model, in_format(network_inputs(size), data_format))
+        got = infer(model, in_format(network_inputs(size), data_format))
     stored = expected()["outputs"][size]
     assert got.shape == stored.shape == (2, 1000)
     assert rel_error(got, stored) < TOL
@@ -170,7 +168,7 @@ def tokens_small(models):
     112 (channels_first), and its input."""
     full = models(112, "channels_first")
     x = in_format(network_inputs(112), "channels_first")
-    tokens = run(keras.Model(full.input, full.get_layer("encoder_ln").output), x)
+    tokens = infer(keras.Model(full.input, full.get_layer("encoder_ln").output), x)
     assert tokens.shape == (2, 1 + 7 * 7, WIDTH)
     return x, tokens.astype(np.float64)
 
@@ -192,7 +190,7 @@ def test_include_top_false_skips_only_the_head(notop, tokens_small):
     assert sorted(report.loaded) == _weighted(model)
     assert report.num_values == model.count_params() == PARAMS_NOTOP - (197 - 50) * WIDTH
     x, tokens = tokens_small
-    assert rel_error(run(model, x), tokens[:, 0]) < 1e-5
+    assert rel_error(infer(model, x), tokens[:, 0]) < 1e-5
 
 
 def test_pooling_reduces_the_patch_tokens(notop, tokens_small):
@@ -211,7 +209,7 @@ def test_pooling_reduces_the_patch_tokens(notop, tokens_small):
         assert last.input is built.get_layer("encoder_ln").output
         pooled = keras.Model(model.input,
                              vit.TokenPooling(pooling)(model.get_layer("encoder_ln").output))
-        got = run(pooled, x)
+        got = infer(pooled, x)
         assert rel_error(got, reduce(tokens[:, 1:], axis=1)) < 1e-5, pooling
         assert rel_error(got, reduce(tokens, axis=1)) > 1e-3, pooling  # not the class token
     assert model.get_layer("pool").mode == "token"
@@ -397,7 +395,7 @@ def test_self_attention_converts_torchs_multihead_attention():
         "in_proj_weight", "in_proj_bias")}, mixer))
     out_proj.set_weights(convert_module("attn.out_proj", {
         "weight": params["out_proj.weight"], "bias": params["out_proj.bias"]}, out_proj))
-    assert rel_error(run(model, x), expected_out) < 1e-5
+    assert rel_error(infer(model, x), expected_out) < 1e-5
 
 
 def _small_transformer(data_format):
@@ -429,5 +427,5 @@ def test_keras_archive_keeps_the_family_layers(tmp_path, rng):
     assert restored.get_layer("encoder_layer_0_self_attention").num_heads == 2
     assert restored.layers[-1].mode == "avg"
     x = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
-    assert rel_error(run(restored, x), run(model, x)) < 1e-6
-    assert rel_error(run(_small_transformer("channels_last"), x), run(model, x)) > 1e-3
+    assert rel_error(infer(restored, x), infer(model, x)) < 1e-6
+    assert rel_error(infer(_small_transformer("channels_last"), x), infer(model, x)) > 1e-3

@@ -42,8 +42,6 @@ def build(name, size, data_format, **kwargs):
                                  data_format=data_format, **kwargs)
 
 
-run = infer
-
 
 def snapshot(model):
     return [np.array(w) for w in model.get_weights()]
@@ -102,7 +100,7 @@ def test_torchvision_squeezenet(name, size, data_format, source, tmp_path):
     report = multinet.load_weights(model, state)
     assert report.layout == "torchvision" and not report.skipped
     assert report.num_values == model.count_params()
-    out = run(model, wf.to_format(wf.inputs_nchw(size), data_format))
+    out = infer(model, wf.to_format(wf.inputs_nchw(size), data_format))
     assert rel_error(out, reference(name, size)) < TOL
     assert loaded_weights(model)["preprocessing"] == "torch"
 
@@ -115,7 +113,7 @@ def test_torchvision_vgg(name, data_format):
     model = build(name, 224, data_format)
     report = multinet.load_weights(model, state_dict(name))
     assert len(report.loaded) == len(model.trainable_weights) // 2
-    out = run(model, wf.to_format(wf.inputs_nchw(224), data_format))
+    out = infer(model, wf.to_format(wf.inputs_nchw(224), data_format))
     assert rel_error(out, reference(name, 224)) < TOL
 
 
@@ -143,13 +141,13 @@ def test_torch_pth_and_module_state_dict(data_format, tmp_path):
     for source in (module.state_dict(), path, wrapped):
         model = build("squeezenet1_1", 227, data_format)
         multinet.load_weights(model, source)
-        out = run(model, wf.to_format(x, data_format))
+        out = infer(model, wf.to_format(x, data_format))
         assert rel_error(out, expected) < TOL
     # The VGG flatten permutation, with a real torch module's state dict.
     vgg, expected = torch_module_and_output("vgg11", 224)
     model = build("vgg11", 224, data_format)
     multinet.load_weights(model, vgg.state_dict())
-    out = run(model, wf.to_format(wf.inputs_nchw(224), data_format))
+    out = infer(model, wf.to_format(wf.inputs_nchw(224), data_format))
     assert rel_error(out, expected) < TOL
 
 
@@ -197,7 +195,7 @@ def test_torch_saved_pth_loads_with_torch_blocked(tmp_path, monkeypatch):
         blocked.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
         report = multinet.load_weights(model, path)
     assert report.layout == "torchvision" and report.num_values == model.count_params()
-    out = run(model, wf.to_format(wf.inputs_nchw(227), "channels_last"))
+    out = infer(model, wf.to_format(wf.inputs_nchw(227), "channels_last"))
     assert rel_error(out, expected) < TOL
 
 
@@ -216,12 +214,12 @@ def keras_squeezenet_file(tmp_path_factory):
 def test_keras_squeezenet_file(keras_squeezenet_file, data_format):
     path, layers = keras_squeezenet_file
     x = np.random.default_rng(0).uniform(-100, 100, (2, 227, 227, 3)).astype("float32")
-    expected = run(wf.keras_squeezenet_reference(layers), x)
+    expected = infer(wf.keras_squeezenet_reference(layers), x)
     model = build("squeezenet1_1", 227, data_format, ceil_mode=False)
     report = multinet.load_weights(model, path)
     assert report.layout == "keras_legacy_h5" and len(report.loaded) == 26
     assert "fire2_squeeze1x1" in report.loaded
-    out = run(model, x if data_format == "channels_last" else x.transpose(0, 3, 1, 2))
+    out = infer(model, x if data_format == "channels_last" else x.transpose(0, 3, 1, 2))
     assert rel_error(out, expected) < TOL
     assert loaded_weights(model)["preprocessing"] == "caffe"
 
@@ -293,7 +291,7 @@ def legacy_vgg(tmp_path_factory):
                                   input_shape=(size, size, 3), classifier_activation=None)
             x = np.random.default_rng(1).uniform(-120, 120, (2, size, size, 3)).astype("float32")
             # Keep one kernel to check against, not the whole file's arrays.
-            made[key] = path, x, run(reference_model, x), {"block5_conv3": dict(layers)[
+            made[key] = path, x, infer(reference_model, x), {"block5_conv3": dict(layers)[
                 "block5_conv3"][0]}
             del reference_model, layers
         return made[key]
@@ -314,7 +312,7 @@ def test_keras_applications_vgg_file(legacy_vgg, name, include_top, data_format)
     report = multinet.load_weights(model, path)
     assert report.layout == "keras_legacy_h5" and not report.skipped
     assert report.num_values == model.count_params()
-    out = run(model, x if data_format == "channels_last" else x.transpose(0, 3, 1, 2))
+    out = infer(model, x if data_format == "channels_last" else x.transpose(0, 3, 1, 2))
     if out.ndim == 4 and data_format == "channels_first":
         out = out.transpose(0, 2, 3, 1)
     assert rel_error(out, expected) < TOL
