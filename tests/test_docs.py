@@ -67,38 +67,49 @@ def test_markdown_helpers_find_what_github_renders():
     assert anchors(text) == {"two-words-here", "two-words-here-1"}
 
 
-def test_models_table_is_current():
+@pytest.mark.parametrize("page,full", [(README, False), (ROOT / "docs" / "weights.md", True)],
+                         ids=["README.md", "docs/weights.md"])
+def test_models_table_is_current(page, full):
     gen = generator()
-    text = README.read_text(encoding="utf-8")
-    expected = gen.with_table(text, gen.render_table())
+    text = page.read_text(encoding="utf-8")
+    expected = gen.with_table(text, gen.render_table(full), page)
     assert text == expected, (
-        "README.md's models table differs from the registry: run python docs/gen_models_table.py")
+        f"{page.name}'s models table differs from the registry: run "
+        "python docs/gen_models_table.py")
 
 
-def test_models_table_lists_every_registered_model():
-    table = generator().render_table()
+@pytest.mark.parametrize("full", [False, True], ids=["short", "full"])
+def test_models_table_lists_every_registered_model(full):
+    table = generator().render_table(full)
     rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == multinet.list_models()
     squeezenet = next(row for row in rows if row.startswith("| `squeezenet1_1`"))
     spec = multinet.get_model_spec("squeezenet1_1")
     assert f"{spec.num_params:,}" in squeezenet
+    assert f"`{spec.default_weights}` (imagenet)" in squeezenet
     for entry in spec.weights:
-        assert f"`{entry.name}`" in squeezenet and entry.preprocessing in squeezenet
+        assert f"`{entry.name}`" in squeezenet
+        assert (f": {entry.preprocessing}, {entry.input_size}x" in squeezenet) == full
+        assert ("`ceil_mode=" in squeezenet) == full
 
 
 def test_stale_table_is_rewritten_between_the_markers_only(tmp_path):
     gen = generator()
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{gen.START}\n| old | table |\n{gen.END}\noutro\n")
-    assert gen.main(["--check", "--readme", str(readme)]) == 1
-    assert gen.main(["--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert text.startswith(f"intro\n{gen.START}\n") and text.endswith(f"{gen.END}\noutro\n")
-    assert "| old | table |" not in text and gen.render_table() in text
-    assert gen.main(["--check", "--readme", str(readme)]) == 0
-    readme.write_text("no markers here\n")
-    with pytest.raises(ValueError, match="models:start"):
-        gen.main(["--readme", str(readme)])
+    readme, weights = tmp_path / "README.md", tmp_path / "weights.md"
+    for page in (readme, weights):
+        page.write_text(f"intro\n{gen.START}\n| old | table |\n{gen.END}\noutro\n")
+    pages = ["--readme", str(readme), "--weights-page", str(weights)]
+    assert gen.main(["--check", *pages]) == 1
+    assert "| old | table |" in readme.read_text()  # --check writes nothing
+    assert gen.main(pages) == 0
+    for page, full in ((readme, False), (weights, True)):
+        text = page.read_text()
+        assert text.startswith(f"intro\n{gen.START}\n") and text.endswith(f"{gen.END}\noutro\n")
+        assert "| old | table |" not in text and gen.render_table(full) in text
+    assert gen.main(["--check", *pages]) == 0
+    weights.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="weights.md: expected one <!-- models:start"):
+        gen.main(pages)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
