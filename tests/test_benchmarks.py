@@ -84,7 +84,8 @@ def test_compiled_inference_matches_predict(data_format, rng):
     fast = keras.ops.convert_to_numpy(forward(x))
     slow = model.predict(x, verbose=0)
     assert fast.shape == slow.shape == (2, 1000)
-    assert rel_error(slow[0], slow[1]) > 0.05
+    # the two images answer apart, far beyond the 1e-5 tolerance below
+    assert rel_error(slow[0], slow[1]) > 1e-3
     assert rel_error(fast, slow) < 1e-5
 
 
