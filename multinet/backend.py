@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 
 import keras
@@ -458,6 +459,22 @@ def bias_add(x, bias, data_format: str):
 
     shape = (1, 1, 1, -1) if data_format == CHANNELS_LAST else (1, -1, 1, 1)
     return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
+
+
+def gelu(x):
+    """The exact (erf) GELU, as torch's ``nn.GELU()``.
+
+    Keras' ``gelu`` on TensorFlow lowers to ``tf.nn.gelu``, which now computes
+    ``erfc``: ONNX has no such op, so tf2onnx writes a non-standard ``Erfc``
+    node that onnxruntime rejects. There it is written with ``erf`` instead,
+    the same function; elsewhere Keras' own (fused where the framework has it).
+    """
+    from keras import ops
+
+    if name() == "tensorflow":
+        half = ops.cast(0.5, x.dtype)
+        return half * x * (1.0 + ops.erf(x * ops.cast(math.sqrt(0.5), x.dtype)))
+    return ops.gelu(x, approximate=False)
 
 
 def _torch_layer_norm(x, axis_size, gamma, beta, epsilon):

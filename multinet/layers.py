@@ -340,23 +340,45 @@ class LayerScale(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class GELU(keras.layers.Layer):
+    """The exact (erf) GELU, as torch's ``nn.GELU()`` and Keras' ``"gelu"``
+    activation, in a form every exporter can write (see ``backend.gelu``)."""
+
+    def call(self, inputs):
+        return backend.gelu(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class Normalization(keras.layers.Normalization):
     """``keras.layers.Normalization`` that reads its mean and variance
     variables at every call.
 
     Keras' own layer takes a snapshot of them when it is built or loads a
     file through Keras, so values assigned to its variables later (as
-    ``multinet.load_weights`` does) would not be used. Without a fixed
-    ``mean``/``variance`` the output is ``(x - mean) / max(sqrt(variance),
-    epsilon)`` along ``axis``, as Keras computes it.
+    ``multinet.load_weights`` does) would not be used. The output is
+    ``(x - mean) / max(sqrt(variance), epsilon)`` along ``axis``, as Keras
+    computes it, from the variables or from a fixed ``mean``/``variance``.
     """
 
-    def call(self, inputs):
+    def build(self, input_shape):
+        super().build(input_shape)
         if self.input_mean is not None:
-            return super().call(inputs)
+            # A fixed mean and variance are kept as numpy arrays, made graph
+            # constants at each call: Keras keeps eager tensors, which a traced
+            # TensorFlow function captures as inputs, and tf2onnx then leaves
+            # them as inputs of the ONNX graph that nothing feeds.
+            self._fixed = (ops.convert_to_numpy(self.mean), ops.convert_to_numpy(self.variance))
+
+    def call(self, inputs):
         dtype = self.compute_dtype
-        mean = ops.cast(ops.reshape(self.adapt_mean, self._broadcast_shape), dtype)
-        variance = ops.cast(ops.reshape(self.adapt_variance, self._broadcast_shape), dtype)
+        if self.input_mean is not None:
+            mean, variance = (ops.convert_to_tensor(v, dtype=dtype) for v in self._fixed)
+        else:
+            mean = ops.cast(ops.reshape(self.adapt_mean, self._broadcast_shape), dtype)
+            variance = ops.cast(ops.reshape(self.adapt_variance, self._broadcast_shape), dtype)
         inputs = ops.cast(inputs, dtype)
         if self.invert:
             return mean + inputs * ops.maximum(ops.sqrt(variance), keras.config.epsilon())

@@ -271,3 +271,56 @@ def test_normalization_serialization_round_trip(tmp_path, rng):
     assert isinstance(loaded.get_layer("norm"), layers.Normalization)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
                                keras.ops.convert_to_numpy(model(x)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gelu_is_the_exact_erf_form(dtype, rng):
+    """layers.GELU equals x * Phi(x) (not the tanh approximation, which is
+    1e-3 off at x = 2) on every backend, in the input's dtype."""
+    import math
+
+    x = np.concatenate([rng.normal(scale=3.0, size=200), [-6.0, -2.0, 0.0, 2.0, 6.0]])
+    expected = np.array([v * 0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x])
+    got = _apply(layers.GELU(dtype=dtype), x.astype(dtype))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got.astype("float64"), expected,
+                               rtol=1e-6 if dtype == "float32" else 2e-3,
+                               atol=1e-6 if dtype == "float32" else 2e-3)
+    tanh_form = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert np.abs(tanh_form - expected).max() > 1e-4  # the check tells the two apart
+
+
+def test_gelu_serialization_round_trip(tmp_path, rng):
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, layers.GELU(name="gelu")(inputs))
+    path = tmp_path / "gelu.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("gelu"), layers.GELU)
+    x = rng.normal(size=(3, 5)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_normalization_with_a_fixed_mean_and_variance(data_format, invert, tmp_path, rng):
+    """A fixed mean and variance (ConvNeXt's pre-stem normalization) give Keras'
+    numbers and survive a .keras round trip."""
+    axis = -1 if data_format == "channels_last" else 1
+    mean, variance = [0.5, 1.0, -2.0], [0.25, 4.0, 9.0]
+    inputs = keras.Input((4, 4, 3) if data_format == "channels_last" else (3, 4, 4))
+    norm = layers.Normalization(axis=axis, mean=mean, variance=variance, invert=invert,
+                                name="norm")
+    model = keras.Model(inputs, norm(inputs))
+    ref = keras.layers.Normalization(axis=axis, mean=mean, variance=variance, invert=invert)
+    x = rng.normal(size=(2, *inputs.shape[1:])).astype("float32")
+    bshape = (1, 1, 1, 3) if data_format == "channels_last" else (1, 3, 1, 1)
+    m, s = np.reshape(mean, bshape), np.sqrt(np.reshape(variance, bshape))
+    expected = x * s + m if invert else (x - m) / s
+    got = keras.ops.convert_to_numpy(model(x))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(ref(x)), rtol=1e-6, atol=1e-6)
+    model.save(tmp_path / "norm.keras")
+    loaded = keras.models.load_model(tmp_path / "norm.keras")
+    assert isinstance(loaded.get_layer("norm"), layers.Normalization)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), got, rtol=1e-6)

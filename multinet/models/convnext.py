@@ -109,7 +109,7 @@ def convnext_block(x, fmt, channels, name):
                       name=name + "_depthwise_conv")(x)
     x = _layer_norm(x, fmt, name + "_layernorm")
     x = layers.ChannelDense(4 * channels, data_format=fmt, name=name + "_pointwise_conv_1")(x)
-    x = keras.layers.Activation("gelu", name=name + "_gelu")(x)  # exact, as nn.GELU()
+    x = layers.GELU(name=name + "_gelu")(x)  # exact, as nn.GELU()
     x = layers.ChannelDense(channels, data_format=fmt, name=name + "_pointwise_conv_2")(x)
     x = layers.LayerScale(LAYER_SCALE, axis=layers.channel_axis(fmt),
                           name=name + "_layer_scale")(x)
@@ -119,9 +119,8 @@ def convnext_block(x, fmt, channels, name):
 def _features(x, fmt, model_name, include_preprocessing):
     depths, widths = CONFIGS[model_name]
     if include_preprocessing:
-        x = keras.layers.Normalization(axis=layers.channel_axis(fmt), mean=_MEAN,
-                                       variance=_VARIANCE,
-                                       name=model_name + "_prestem_normalization")(x)
+        x = layers.Normalization(axis=layers.channel_axis(fmt), mean=_MEAN,
+                                variance=_VARIANCE, name=model_name + "_prestem_normalization")(x)
     x = layers.Conv2D(widths[0], 4, strides=4, data_format=fmt, name=model_name + "_stem_conv")(x)
     x = _layer_norm(x, fmt, model_name + "_stem_layernorm")
     for stage, (depth, width) in enumerate(zip(depths, widths)):

@@ -221,8 +221,7 @@ def encoder_block(x, num_heads, mlp_size, name):
     x = keras.layers.Add(name=name + "_add_1")([y, x])
     y = _layer_norm(name + "_ln_2")(x)
     y = keras.layers.Dense(mlp_size, name=name + "_mlp_0")(y)
-    # keras' "gelu" is the exact (erf) form, as torch's nn.GELU()
-    y = keras.layers.Activation("gelu", name=name + "_mlp_1")(y)
+    y = layers.GELU(name=name + "_mlp_1")(y)  # exact, as nn.GELU()
     y = keras.layers.Dense(hidden, name=name + "_mlp_3")(y)
     return keras.layers.Add(name=name + "_add_2")([x, y])
 
