@@ -68,10 +68,24 @@ def render_matrix(results: dict[str, dict]) -> str:
         for model in data["models"]:
             row = [_cells(data, model, fmt) for fmt in FORMATS]
             lines.append(f"| {backend} | `{model}` | " + " | ".join(row) + " |")
+    lines += ["", "Both data formats (NHWC and NCHW) unless a cell says otherwise."]
+    families = [m for data in results.values() for m in data.get("family_models", [])]
+    families = list(dict.fromkeys(families))
+    if families:
+        formats = list(dict.fromkeys(f for data in results.values()
+                                     for f in data.get("family_formats", [])))
+        lines += ["", "The other families, one model each (the larger variants are the same "
+                      "code), NHWC: " + ", ".join(f"`{f}`" for f in formats) + ".", "",
+                  "| model | format | " + " | ".join(results) + " |",
+                  "|---|---|" + "---|" * len(results)]
+        for model in families:
+            for fmt in formats:
+                row = [cell(data["cells"].get(f"{model}/channels_last/{fmt}"))
+                       for data in results.values()]
+                lines.append(f"| `{model}` | `{fmt}` | " + " | ".join(row) + " |")
     footnote = "; ".join(f"{backend}: Keras {data['keras']}, {data['framework']}"
                          for backend, data in results.items())
-    lines += ["", f"Both data formats (NHWC and NCHW) unless a cell says otherwise. Measured "
-                  f"with {footnote}."]
+    lines += ["", f"Measured with {footnote}."]
     return "\n".join(lines)
 
 

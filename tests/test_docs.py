@@ -190,6 +190,9 @@ def test_export_matrix_is_current():
         assert data["complete"] and data["backend"] == backend
         cells = {f"{m}/{d}/{f}" for m in data["models"] for d in gen.DATA_FORMATS
                  for f in gen.FORMATS}
+        cells |= {f"{m}/channels_last/{f}" for m in data["family_models"]
+                  for f in data["family_formats"]}
+        assert len(data["family_models"]) >= 5, backend
         assert set(data["cells"]) == cells, backend
     text = README.read_text(encoding="utf-8")
     assert text == gen.with_matrix(text, gen.render_matrix(results)), (
@@ -210,6 +213,12 @@ def test_export_matrix_cells_render_what_the_results_say(tmp_path):
     assert cells[0] == "✅ dynamic batch"
     assert cells[3] == "NHWC: ❌ torch backend only<br>NCHW: ✅ batch 1, onnx+openvino"
     assert cells[1] == "not run"
+    assert "| model | format |" not in table  # no family table without family models
+    data_families = {**data, "family_models": ["f"], "family_formats": ["onnx"],
+                     "cells": {**data["cells"], "f/channels_last/onnx": ok}}
+    table = gen.render_matrix({"jax": data_families, "torch": data})
+    assert "| model | format | jax | torch |" in table
+    assert "| `f` | `onnx` | ✅ dynamic batch | not run |" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"a\n{gen.START}\nold\n{gen.END}\nb\n")
     (tmp_path / "jax.json").write_text(json.dumps(data))
