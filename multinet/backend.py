@@ -461,6 +461,19 @@ def bias_add(x, bias, data_format: str):
     return ops.add(x, ops.cast(ops.reshape(bias, shape), x.dtype))
 
 
+def export_dynamic_batch() -> dict:
+    """The keyword arguments that keep the batch dimension of the model's one
+    input dynamic in Keras' ``model.export``: torch's ``dynamic_shapes`` (Keras
+    traces with batch 1, which ``torch.export`` specializes to a constant);
+    none on the other backends, whose exporters keep it from the input
+    signature."""
+    if name() != "torch":
+        return {}
+    import torch
+
+    return {"dynamic_shapes": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
 def gelu(x):
     """The exact (erf) GELU, as torch's ``nn.GELU()``.
 

@@ -23,7 +23,9 @@ in its own runtime, and compared with ``model.predict`` on a random batch (batch
 :data:`TOLERANCE` is an error, and only a verified artifact is renamed to
 ``path``. Nothing is left at ``path`` when anything fails.
 
-Framework imports happen inside functions only.
+Framework imports happen inside functions only: the runtimes that load an artifact
+(TensorFlow for a SavedModel, torch for a ``.pt2``) whatever the backend; what
+depends on the backend in use comes from :mod:`multinet.backend`.
 """
 
 from __future__ import annotations
@@ -260,12 +262,7 @@ def _produce(model, staging: str, format: str, batch_size: int | None) -> None:
     backend = mn_backend.name()
     route = ROUTES[(backend, format)]
     signature = _input_signature(model, batch_size if route.dynamic_batch else batch_size or 1)
-    kwargs = {}
-    if format == "torch" and batch_size is None:
-        import torch
-
-        # Keras traces with batch 1, which torch.export specializes to a constant.
-        kwargs["dynamic_shapes"] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    kwargs = mn_backend.export_dynamic_batch() if format == "torch" and batch_size is None else {}
     with _quiet():
         if route.method == "onnx+openvino":
             import openvino as ov
@@ -307,8 +304,8 @@ def _linear_jax2onnx_output_check():
     The same check answers at once where the value is an output of a node of
     the graph being built, or one of its inputs or initializers (the cases the
     scan finds by identity); every other case still goes through jax2onnx's
-    own scan. Nothing changes where the
-    module is not the one this was written for.
+    own scan. Nothing changes where the module is not the one this was written
+    for.
     """
     try:
         from jax2onnx.converter import output_binding
